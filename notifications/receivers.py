@@ -1,0 +1,64 @@
+"""Receivers of the shop's domain signals and of auth's logout, connected in NotificationsConfig.ready().
+
+Shop signals arrive inside the transaction of the order change, so the notification row
+commits or rolls back with it; the push and the email go out only after commit.
+"""
+
+from django.conf import settings
+from django.core.mail import EmailMessage
+from django.template.loader import render_to_string
+
+from . import services
+from .models import Notification
+
+STATUS_MESSAGES = {
+    "paid": (Notification.Kind.ORDER_PAID, "Order {number} is paid", "Your payment was received."),
+    "shipped": (Notification.Kind.ORDER_SHIPPED, "Order {number} has shipped", "It is on its way to you."),
+    "delivered": (Notification.Kind.ORDER_DELIVERED, "Order {number} was delivered", "Enjoy! Thank you for shopping with us."),
+    "cancelled": (
+        Notification.Kind.ORDER_CANCELLED,
+        "Order {number} was cancelled",
+        "Any payment has been refunded to your card.",
+    ),
+    "refunded": (Notification.Kind.ORDER_REFUNDED, "Order {number} was refunded", "{total} {currency} is on its way back to your card."),
+}
+
+
+def notify_order_placed(sender, order, **kwargs):
+    services.notify(
+        recipient=order.user,
+        kind=Notification.Kind.ORDER_PLACED,
+        title=f"Order {order.number} placed",
+        body=f"We received your payment of {order.total} {order.currency}. We will tell you when it ships.",
+        url=order.get_absolute_url(),
+    )
+    if order.user.email:
+        body = render_to_string("notifications/email/order_confirmation.txt", {"order": order, "lines": order.lines.all()})
+        services.queue_email(
+            EmailMessage(
+                subject=f"Your order {order.number} is confirmed",
+                body=body,
+                from_email=settings.DEFAULT_FROM_EMAIL,
+                to=[order.user.email],
+            )
+        )
+
+
+def notify_order_status_changed(sender, order, previous_status, actor=None, **kwargs):
+    if order.status not in STATUS_MESSAGES:
+        return
+    kind, title, body = STATUS_MESSAGES[order.status]
+    values = {"number": order.number, "total": order.total, "currency": order.currency}
+    services.notify(
+        recipient=order.user,
+        kind=kind,
+        title=title.format(**values),
+        body=body.format(**values),
+        url=order.get_absolute_url(),
+    )
+
+
+def close_sockets_on_logout(sender, request, user, **kwargs):
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
+    if session_key:
+        services.close_session_sockets(session_key)

@@ -1,0 +1,172 @@
+"""Create notifications and push them, without ever making the caller wait for the push.
+
+notify() writes the row inside the caller's transaction and schedules the push on
+commit; the push runs on the server's event loop, bounded by a timeout, and a failure is
+only logged: the row stays and the next connect replays it. anotify() is the same for
+async callers, which have no transaction to join.
+"""
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.core.mail import EmailMessage
+from django.db import transaction
+from django.utils import timezone
+
+from .models import Notification
+
+logger = logging.getLogger(__name__)
+
+_server_loop: asyncio.AbstractEventLoop | None = None
+_background_tasks: set = set()
+# Sends confirmation emails off the request path (SMTP may be slow or down), one at a time, in order.
+_mail_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="order-mail")
+
+
+def user_group(user_id: int) -> str:
+    """The channel-layer group of every socket of one user: built from the pk, never from input."""
+    return f"notifications.user.{user_id}"
+
+
+def session_group(session_key: str) -> str:
+    """The group of one login session's sockets, closed when that session logs out."""
+    return "notifications.session." + hashlib.sha256(session_key.encode()).hexdigest()[:32]
+
+
+def remember_server_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Note the event loop the ASGI server runs on, so sync code can hand pushes to it."""
+    global _server_loop
+    _server_loop = loop
+
+
+def run_in_background(make_coroutine: Callable[[], Awaitable]) -> None:
+    """Start a coroutine without waiting for it, from sync or async code.
+
+    Inside the server, sync code hands it to the server's loop (where the in-memory layer's
+    queues live); outside any server (a management command, a sync test) there is no one to
+    wait for, so it runs at once, still bounded by its own timeout.
+    """
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is not None:
+        task = running.create_task(make_coroutine())
+        _background_tasks.add(task)
+        task.add_done_callback(_background_tasks.discard)
+        return
+    loop = _server_loop
+    if loop is not None and loop.is_running() and not loop.is_closed():
+        future = asyncio.run_coroutine_threadsafe(make_coroutine(), loop)
+        _background_tasks.add(future)
+        future.add_done_callback(_background_tasks.discard)
+        return
+    async_to_sync(make_coroutine)()
+
+
+async def _bounded_group_send(group: str, message: dict, *, what: str) -> bool:
+    """Send to a group within the dispatch timeout; log and swallow any failure."""
+    try:
+        await asyncio.wait_for(
+            get_channel_layer().group_send(group, message), timeout=settings.NOTIFICATIONS_DISPATCH_TIMEOUT
+        )
+        return True
+    except asyncio.TimeoutError:
+        logger.warning("Push of %s to %s timed out; it will be replayed on the next connect", what, group)
+    except Exception:
+        logger.exception("Push of %s to %s failed; it will be replayed on the next connect", what, group)
+    return False
+
+
+async def adispatch(notification: Notification) -> bool:
+    """Push one notification, with the recipient's new unread count, to all their sockets."""
+    unread = await Notification.objects.for_user(notification.recipient_id).unread().acount()
+    message = {"type": "notification.message", "notification": notification.to_message(), "unread": unread}
+    return await _bounded_group_send(user_group(notification.recipient_id), message, what=f"notification {notification.pk}")
+
+
+def dispatch(notification: Notification) -> None:
+    """Push a committed notification in the background; return at once."""
+    run_in_background(lambda: adispatch(notification))
+
+
+def notify(*, recipient, kind: str, title: str, body: str = "", url: str = "") -> Notification:
+    """Write a notification in the current transaction and push it once that commits.
+
+    A rolled-back transaction leaves no row and pushes nothing.
+    """
+    notification = Notification.objects.create(recipient=recipient, kind=kind, title=title, body=body, url=url)
+    transaction.on_commit(lambda: dispatch(notification), robust=True)
+    return notification
+
+
+async def anotify(*, recipient, kind: str, title: str, body: str = "", url: str = "") -> Notification:
+    """Async twin of notify(): write the row, then push it in the background."""
+    notification = await Notification.objects.acreate(recipient=recipient, kind=kind, title=title, body=body, url=url)
+    dispatch(notification)
+    return notification
+
+
+async def abroadcast_unread(user_id: int) -> None:
+    """Tell every socket of a user their unread count (after a read in any tab)."""
+    count = await Notification.objects.for_user(user_id).unread().acount()
+    await _bounded_group_send(user_group(user_id), {"type": "unread.count", "count": count}, what="unread count")
+
+
+async def amark_read(*, user_id: int, notification_id: int) -> bool:
+    """Mark one of the user's notifications read; return False if it is not theirs."""
+    found = await Notification.objects.for_user(user_id).filter(pk=notification_id).aexists()
+    if not found:
+        return False
+    await Notification.objects.for_user(user_id).filter(pk=notification_id, read_at__isnull=True).aupdate(
+        read_at=timezone.now()
+    )
+    await abroadcast_unread(user_id)
+    return True
+
+
+async def amark_all_read(*, user_id: int) -> int:
+    """Mark all of the user's notifications read; return how many were unread."""
+    count = await Notification.objects.for_user(user_id).unread().aupdate(read_at=timezone.now())
+    await abroadcast_unread(user_id)
+    return count
+
+
+async def amark_delivered(*, user_id: int, notification_id: int) -> bool:
+    """Record that a browser of the user showed the notification; False if it is not theirs."""
+    found = await Notification.objects.for_user(user_id).filter(pk=notification_id).aexists()
+    if found:
+        await Notification.objects.for_user(user_id).filter(pk=notification_id, delivered_at__isnull=True).aupdate(
+            delivered_at=timezone.now()
+        )
+    return found
+
+
+def close_session_sockets(session_key: str) -> None:
+    """Close every socket opened by one login session (it has just logged out)."""
+    run_in_background(
+        lambda: _bounded_group_send(session_group(session_key), {"type": "session.logout"}, what="logout")
+    )
+
+
+def queue_email(message: EmailMessage) -> None:
+    """Send an email from a worker thread once the transaction commits; failures are logged."""
+    transaction.on_commit(lambda: _mail_executor.submit(_send_quietly, message), robust=True)
+
+
+def _send_quietly(message: EmailMessage) -> None:
+    try:
+        message.send()
+    except Exception:
+        logger.exception("Could not send email %r to %s", message.subject, ", ".join(message.to))
+
+
+def wait_for_queued_email(timeout: float = 5.0) -> None:
+    """Block until emails queued so far have been handed to the backend (for tests and commands)."""
+    _mail_executor.submit(lambda: None).result(timeout=timeout)

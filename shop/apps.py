@@ -1,0 +1,13 @@
+from django.apps import AppConfig
+
+
+class ShopConfig(AppConfig):
+    name = "shop"
+    verbose_name = "Shop"
+
+    def ready(self):
+        from django.contrib.auth.signals import user_logged_in
+
+        from . import receivers
+
+        user_logged_in.connect(receivers.merge_session_cart_on_login, dispatch_uid="shop.merge_session_cart_on_login")

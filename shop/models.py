@@ -1,0 +1,217 @@
+import secrets
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q, Sum
+from django.urls import reverse
+
+# Crockford's base32 without look-alikes: order numbers are read out over the phone.
+ORDER_NUMBER_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+ORDER_NUMBER_LENGTH = 10
+LOW_STOCK_THRESHOLD = 5
+
+
+def new_order_number() -> str:
+    """Return a random order number: 50 bits, so no one can guess another shopper's."""
+    return "".join(secrets.choice(ORDER_NUMBER_ALPHABET) for _ in range(ORDER_NUMBER_LENGTH))
+
+
+class ProductQuerySet(models.QuerySet):
+    def available(self):
+        """Products a shopper may see and buy (sold-out ones are still listed)."""
+        return self.filter(is_active=True)
+
+
+class Product(models.Model):
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    price = models.DecimalField(max_digits=10, decimal_places=2)
+    stock = models.PositiveIntegerField(default=0, help_text="Units on hand that are not reserved by an order.")
+    is_active = models.BooleanField(default=True, help_text="Inactive products are hidden from the catalog.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ProductQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(price__gte=0), name="product_price_not_negative"),
+            models.CheckConstraint(condition=Q(stock__gte=0), name="product_stock_not_negative"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def get_absolute_url(self):
+        return reverse("shop:product", kwargs={"slug": self.slug})
+
+    @property
+    def is_sold_out(self) -> bool:
+        return self.stock <= 0
+
+    @property
+    def stock_label(self) -> str:
+        """Describe availability the way a shopper reads it."""
+        if self.stock <= 0:
+            return "sold out"
+        if self.stock <= LOW_STOCK_THRESHOLD:
+            return f"only {self.stock} left"
+        return "in stock"
+
+
+class Cart(models.Model):
+    """A shopper's cart: one per signed-in user, or one per anonymous session."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="cart"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"Cart {self.pk} of {self.user or 'anonymous'}"
+
+    def lines_with_products(self):
+        return self.lines.select_related("product").order_by("product__name")
+
+    @property
+    def item_count(self) -> int:
+        return self.lines.aggregate(total=Sum("quantity"))["total"] or 0
+
+    @property
+    def total(self) -> Decimal:
+        return self.lines.aggregate(total=Sum(F("quantity") * F("product__price")))["total"] or Decimal("0.00")
+
+
+class CartLine(models.Model):
+    cart = models.ForeignKey(Cart, on_delete=models.CASCADE, related_name="lines")
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="+")
+    quantity = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["cart", "product"], name="one_cart_line_per_product"),
+            models.CheckConstraint(condition=Q(quantity__gte=1), name="cart_line_quantity_positive"),
+        ]
+
+    def __str__(self):
+        return f"{self.quantity} x {self.product}"
+
+    @property
+    def line_total(self) -> Decimal:
+        return self.product.price * self.quantity
+
+
+class OrderQuerySet(models.QuerySet):
+    def for_user(self, user):
+        return self.filter(user=user)
+
+
+class Order(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending payment"
+        PAID = "paid", "Paid"
+        SHIPPED = "shipped", "Shipped"
+        DELIVERED = "delivered", "Delivered"
+        CANCELLED = "cancelled", "Cancelled"
+        REFUNDED = "refunded", "Refunded"
+
+    number = models.CharField(max_length=ORDER_NUMBER_LENGTH, unique=True, default=new_order_number, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    total = models.DecimalField(max_digits=12, decimal_places=2)
+    currency = models.CharField(max_length=3, default="EUR")
+    # The idempotency key of the checkout that created this order: a resubmitted form finds it.
+    checkout_token = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = OrderQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [models.CheckConstraint(condition=Q(total__gte=0), name="order_total_not_negative")]
+
+    def __str__(self):
+        return f"Order {self.number}"
+
+    def get_absolute_url(self):
+        return reverse("shop:order", kwargs={"number": self.number})
+
+
+class OrderLine(models.Model):
+    """A line of an order, with the product's name and price as they were when ordered."""
+
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="lines")
+    product = models.ForeignKey(Product, null=True, on_delete=models.SET_NULL, related_name="+")
+    product_name = models.CharField(max_length=200)
+    unit_price = models.DecimalField(max_digits=10, decimal_places=2)
+    quantity = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [models.CheckConstraint(condition=Q(quantity__gte=1), name="order_line_quantity_positive")]
+
+    def __str__(self):
+        return f"{self.quantity} x {self.product_name}"
+
+    @property
+    def line_total(self) -> Decimal:
+        return self.unit_price * self.quantity
+
+
+class Payment(models.Model):
+    """One answer of the bank: a capture, a refusal, an error or a refund.
+
+    Refused attempts keep no order (the reservation is released and the pending order
+    removed), so `order` is null for them; `user` and `idempotency_key` still tell whose
+    checkout it was.
+    """
+
+    class Kind(models.TextChoices):
+        CHARGE = "charge", "Charge"
+        REFUND = "refund", "Refund"
+
+    class Status(models.TextChoices):
+        CAPTURED = "captured", "Captured"
+        DECLINED = "declined", "Declined"
+        FAILED = "failed", "Bank error"
+        REFUNDED = "refunded", "Refunded"
+
+    order = models.ForeignKey(Order, null=True, blank=True, on_delete=models.SET_NULL, related_name="payments")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="payments")
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.CHARGE)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    currency = models.CharField(max_length=3, default="EUR")
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    reference = models.CharField(max_length=100, blank=True, help_text="The bank's reference.")
+    card_last4 = models.CharField(max_length=4, blank=True)
+    message = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [models.CheckConstraint(condition=Q(amount__gte=0), name="payment_amount_not_negative")]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} {self.get_status_display()} {self.amount} {self.currency}"
+
+
+class OrderEvent(models.Model):
+    """An entry of an order's timeline: every status change, with who made it."""
+
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=16, choices=Order.Status.choices, blank=True)
+    to_status = models.CharField(max_length=16, choices=Order.Status.choices)
+    message = models.CharField(max_length=255, blank=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+
+    def __str__(self):
+        return f"{self.order.number}: {self.from_status or '-'} -> {self.to_status}"
