@@ -104,9 +104,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # instead of failing with "database is locked" (a double-click on pay, for one).
     DATABASES["default"].setdefault("OPTIONS", {}).update({"transaction_mode": "IMMEDIATE", "timeout": 20})
     # A file, not memory, so servers started by the browser tests see the test data.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-output" / "test-db.sqlite3")}
-elif env_bool("DATABASE_POOL", False):
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = True
+    # One per test process: two suites running at once must not share a database.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-output" / f"test-db-{os.getpid()}.sqlite3")}
+else:
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
+    if env_bool("DATABASE_POOL", False):
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
