@@ -1,22 +1,31 @@
+from django.urls import reverse
+
 from .models import Notification
 
 MISSED_ON_PAGE = 5
 
 
 def notification_summary(request):
-    """Give every page of a signed-in user the bell's count and where the socket resumes.
+    """Give every page of a signed-in user the bell's count and the socket client's configuration.
 
-    `notifications_last_id` is the newest id the page already accounts for, so the socket
-    resumes right after it: no gap between render and subscribe. Notifications no browser
-    has shown yet are rendered as `notifications_missed`, for the client to toast once.
+    `last_id` is the newest id the page accounts for, so the socket resumes right after it:
+    no gap between render and subscribe. Notifications no browser has shown yet travel as
+    `missed`, for the client to toast once and acknowledge.
     """
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {}
     mine = Notification.objects.for_user(user)
+    unread = mine.unread().count()
     missed = list(mine.undelivered().unread().order_by("-pk")[:MISSED_ON_PAGE])
     return {
-        "notifications_unread": mine.unread().count(),
-        "notifications_last_id": mine.order_by("-pk").values_list("pk", flat=True).first() or 0,
-        "notifications_missed": [notification.to_message() for notification in reversed(missed)],
+        "notifications_unread": unread,
+        "notifications_config": {
+            "socket_path": "/ws/notifications/",
+            "last_id": mine.order_by("-pk").values_list("pk", flat=True).first() or 0,
+            "unread": unread,
+            "missed": [notification.to_message() for notification in reversed(missed)],
+            "read_url": reverse("notifications:api_read"),
+            "inbox_url": reverse("notifications:inbox"),
+        },
     }
