@@ -4,30 +4,29 @@ from . import services
 from .models import Notification
 
 
-class DeliveredFilter(admin.SimpleListFilter):
-    title = "delivered"
-    parameter_name = "delivered"
+class TimestampSetFilter(admin.SimpleListFilter):
+    """Filter on whether a timestamp field is set, with labels for both answers."""
+
+    field = ""
+    labels = ("", "")
 
     def lookups(self, request, model_admin):
-        return [("yes", "Delivered"), ("no", "Not delivered")]
+        return [("yes", self.labels[0]), ("no", self.labels[1])]
 
     def queryset(self, request, queryset):
         if self.value() in {"yes", "no"}:
-            return queryset.filter(delivered_at__isnull=self.value() == "no")
+            return queryset.filter(**{f"{self.field}__isnull": self.value() == "no"})
         return queryset
 
 
-class ReadFilter(DeliveredFilter):
-    title = "read"
-    parameter_name = "read"
+class DeliveredFilter(TimestampSetFilter):
+    title = parameter_name = "delivered"
+    field, labels = "delivered_at", ("Delivered", "Not delivered")
 
-    def lookups(self, request, model_admin):
-        return [("yes", "Read"), ("no", "Unread")]
 
-    def queryset(self, request, queryset):
-        if self.value() in {"yes", "no"}:
-            return queryset.filter(read_at__isnull=self.value() == "no")
-        return queryset
+class ReadFilter(TimestampSetFilter):
+    title = parameter_name = "read"
+    field, labels = "read_at", ("Read", "Unread")
 
 
 @admin.action(description="Resend selected notifications to the recipients' open pages")
