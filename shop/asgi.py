@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP through Django, WebSockets through Channels, served by daphne."""
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -28,3 +29,7 @@ application = ServerEventLoopMiddleware(
         }
     )
 )
+
+# Everything loaded so far lives as long as the process: move it out of the collector's
+# reach, so full GC passes (frequent with thousands of sockets) stop walking it.
+gc.freeze()
