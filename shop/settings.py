@@ -93,8 +93,9 @@ TEMPLATES = [
 ASGI_APPLICATION = "shop.asgi.application"
 
 DATABASES = {
-    "default": dj_database_url.config(
-        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+    "default": dj_database_url.parse(
+        # An empty DATABASE_URL counts as unset.
+        os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
         # Under ASGI every request runs in its own thread: persistent connections leak.
         conn_max_age=0,
     )
