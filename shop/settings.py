@@ -39,8 +39,13 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when DJANGO_DEBUG is false")
-    # Random per run: sessions do not survive a restart in development, which is fine.
-    SECRET_KEY = secrets.token_urlsafe(50)
+    # A random key made on first run and kept out of git, so that sessions (and with them
+    # the shoppers' sockets) survive a restart of the development server.
+    dev_key_file = BASE_DIR / ".dev-secret-key"
+    if not dev_key_file.exists():
+        dev_key_file.write_text(secrets.token_urlsafe(50))
+        dev_key_file.chmod(0o600)
+    SECRET_KEY = dev_key_file.read_text().strip()
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
