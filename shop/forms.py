@@ -5,6 +5,7 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import UserCreationForm
+from django.core import validators
 
 from .models import Product
 from .payments import Card
@@ -50,8 +51,8 @@ class CartLineForm(forms.Form):
         field = self.fields["quantity"]
         field.min_value, field.max_value = self.min_quantity, settings.SHOP_MAX_QUANTITY_PER_LINE
         field.validators = [
-            forms.validators.MinValueValidator(field.min_value),
-            forms.validators.MaxValueValidator(field.max_value),
+            validators.MinValueValidator(field.min_value),
+            validators.MaxValueValidator(field.max_value),
         ]
         field.widget.attrs.update({"min": field.min_value, "max": field.max_value, "inputmode": "numeric"})
 
@@ -83,7 +84,7 @@ class CheckoutForm(forms.Form):
     )
     expiry = forms.CharField(
         label="Expiry (MM/YY)",
-        max_length=7,
+        max_length=9,  # "MM / YYYY": clean_expiry accepts spaces around the slash and four-digit years.
         widget=forms.TextInput(attrs={"autocomplete": "cc-exp", "inputmode": "numeric", "placeholder": "MM/YY"}),
     )
     cvc = forms.CharField(

@@ -85,9 +85,17 @@ def get_cart(*, user=None, cart_id: int | None = None, create: bool = False) -> 
     return Cart.objects.create() if create else None
 
 
+def _lock_cart(cart: Cart) -> None:
+    # A double-clicked "add" waits for the first click instead of inserting the same line
+    # twice (an IntegrityError) or losing one click's units. The cart comes first, as in
+    # reserve_order, so the two never deadlock.
+    list(Cart.objects.select_for_update().filter(pk=cart.pk).only("pk"))
+
+
 def add_to_cart(*, cart: Cart, product: Product, quantity: int) -> CartLine:
     """Add `quantity` units, checking the new total against current stock."""
     with transaction.atomic():
+        _lock_cart(cart)
         line = CartLine.objects.filter(cart=cart, product=product).first()
         new_quantity = quantity + (line.quantity if line else 0)
         _check_quantity(product=product, quantity=new_quantity)
@@ -106,6 +114,7 @@ def update_cart_line(*, cart: Cart, product: Product, quantity: int) -> CartLine
         remove_from_cart(cart=cart, product=product)
         return None
     with transaction.atomic():
+        _lock_cart(cart)
         _check_quantity(product=product, quantity=quantity)
         line, _ = CartLine.objects.update_or_create(cart=cart, product=product, defaults={"quantity": quantity})
         cart.save(update_fields=["updated_at"])
@@ -335,20 +344,20 @@ def change_order_status(*, order: Order, status: str, actor=None, message: str =
     """
     if status not in Order.Status.values:
         raise InvalidTransition(f"{status!r} is not an order status.")
-    if problem := transition_problem(order=order, status=status):
-        raise InvalidTransition(problem)
-    money_goes_back = order.status in {Order.Status.PAID, Order.Status.SHIPPED} and status in {
-        Order.Status.CANCELLED,
-        Order.Status.REFUNDED,
-    }
-    if money_goes_back:
-        # The bank is called before the status changes and without a lock; its idempotency
-        # key makes a second attempt (a double-clicked admin action) refund nothing more.
-        refund_order_payment(order=order)
     with transaction.atomic():
+        # The order row stays locked through the refund: a concurrent change (another staff
+        # member shipping it) waits, so money never goes back for a move that is then refused.
+        # Only the order is locked while the bank answers, never stock; the products are
+        # locked after it, in the order -> products order every other path uses.
         order = Order.objects.select_for_update().get(pk=order.pk)
         if problem := transition_problem(order=order, status=status):
             raise InvalidTransition(problem)
+        if order.status in {Order.Status.PAID, Order.Status.SHIPPED} and status in {
+            Order.Status.CANCELLED,
+            Order.Status.REFUNDED,
+        }:
+            # Idempotent at the bank (keyed by order): a retry after a failure refunds once.
+            refund_order_payment(order=order)
         if order.status in {Order.Status.PENDING, Order.Status.PAID} and status in {
             Order.Status.CANCELLED,
             Order.Status.REFUNDED,
