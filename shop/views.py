@@ -177,7 +177,10 @@ async def checkout(request: HttpRequest) -> HttpResponse:
         return await sync_to_async(_render_checkout)(request, form, new_token=True, status=402)
 
     await request.session.apop(CHECKOUT_TOKEN_SESSION_KEY, None)
-    await sync_to_async(messages.success)(request, f"Thank you! Order {order.number} is paid.")
+    if order.status == Order.Status.PAID:
+        await sync_to_async(messages.success)(request, f"Thank you! Order {order.number} is paid.")
+    else:  # A resubmitted form of an order that has moved on since.
+        await sync_to_async(messages.info)(request, f"Order {order.number} is {order.get_status_display().lower()}.")
     return redirect(order)
 
 
