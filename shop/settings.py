@@ -186,8 +186,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
-        "shop": {"handlers": ["console"], "level": "INFO"},
-        "notifications": {"handlers": ["console"], "level": "INFO"},
+        # No propagation: daphne configures the root logger too, and each line would print twice.
+        "shop": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "notifications": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }
 
