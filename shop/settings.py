@@ -185,10 +185,13 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # One handler, on the root logger: configuring root replaces the handler daphne's command
+    # line installs, so each line prints once, and app loggers simply propagate to it.
+    "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        # No propagation: daphne configures the root logger too, and each line would print twice.
-        "shop": {"handlers": ["console"], "level": "INFO", "propagate": False},
-        "notifications": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "shop": {"level": "INFO"},
+        "notifications": {"level": "INFO"},
+        "daphne": {"level": "INFO"},
     },
 }
 
