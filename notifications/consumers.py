@@ -37,7 +37,11 @@ def parse_notification_id(value) -> int | None:
     """Return `value` as a notification id, or None if it is not a positive whole number."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str):
+        # str.isdigit() also accepts "²" and other non-ASCII digits that int() refuses, and int()
+        # refuses strings over 4300 digits: check ASCII and length before converting.
+        if not (value.isascii() and value.isdigit() and len(value) <= 19):
+            return None
         value = int(value)
     return value if isinstance(value, int) and 0 <= value < 2**63 else None
 

@@ -7,6 +7,7 @@ async callers, which have no transaction to join.
 """
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -51,23 +52,37 @@ def run_in_background(make_coroutine: Callable[[], Awaitable]) -> None:
     Inside the server, sync code hands it to the server's loop (where the in-memory layer's
     queues live); outside any server (a management command, a sync test) there is no one to
     wait for, so it runs at once, still bounded by its own timeout.
+
+    A started task gets a fresh context: copied from a thread-sensitive sync_to_async caller,
+    asgiref's executor state would make the task's own ORM calls refuse to run ("would
+    deadlock") or tie them to a request that has already ended.
     """
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
         running = None
     if running is not None:
-        task = running.create_task(make_coroutine())
-        _background_tasks.add(task)
-        task.add_done_callback(_background_tasks.discard)
+        _start_task(running, make_coroutine)
         return
     loop = _server_loop
     if loop is not None and loop.is_running() and not loop.is_closed():
-        future = asyncio.run_coroutine_threadsafe(make_coroutine(), loop)
-        _background_tasks.add(future)
-        future.add_done_callback(_background_tasks.discard)
+        loop.call_soon_threadsafe(_start_task, loop, make_coroutine, context=contextvars.Context())
         return
-    async_to_sync(make_coroutine)()
+    async_to_sync(_run_logged)(make_coroutine)
+
+
+def _start_task(loop: asyncio.AbstractEventLoop, make_coroutine: Callable[[], Awaitable]) -> None:
+    task = contextvars.Context().run(loop.create_task, _run_logged(make_coroutine))
+    _background_tasks.add(task)
+    task.add_done_callback(_background_tasks.discard)
+
+
+async def _run_logged(make_coroutine: Callable[[], Awaitable]) -> None:
+    # Nobody awaits a background task: an error left in it would vanish without a trace.
+    try:
+        await make_coroutine()
+    except Exception:
+        logger.exception("A background push failed; the next connect replays what it carried")
 
 
 async def _bounded_group_send(group: str, message: dict, *, what: str) -> bool:
@@ -88,7 +103,9 @@ async def adispatch(notification: Notification) -> bool:
     """Push one notification, with the recipient's new unread count, to all their sockets."""
     unread = await Notification.objects.for_user(notification.recipient_id).unread().acount()
     message = {"type": "notification.message", "notification": notification.to_message(), "unread": unread}
-    return await _bounded_group_send(user_group(notification.recipient_id), message, what=f"notification {notification.pk}")
+    return await _bounded_group_send(
+        user_group(notification.recipient_id), message, what=f"notification {notification.pk}"
+    )
 
 
 def dispatch(notification: Notification) -> None:
@@ -124,8 +141,10 @@ async def amark_read(*, user_id: int, notification_id: int) -> bool:
     found = await Notification.objects.for_user(user_id).filter(pk=notification_id).aexists()
     if not found:
         return False
-    await Notification.objects.for_user(user_id).filter(pk=notification_id, read_at__isnull=True).aupdate(
-        read_at=timezone.now()
+    await (
+        Notification.objects.for_user(user_id)
+        .filter(pk=notification_id, read_at__isnull=True)
+        .aupdate(read_at=timezone.now())
     )
     await abroadcast_unread(user_id)
     return True
@@ -142,8 +161,10 @@ async def amark_delivered(*, user_id: int, notification_id: int) -> bool:
     """Record that a browser of the user showed the notification; False if it is not theirs."""
     found = await Notification.objects.for_user(user_id).filter(pk=notification_id).aexists()
     if found:
-        await Notification.objects.for_user(user_id).filter(pk=notification_id, delivered_at__isnull=True).aupdate(
-            delivered_at=timezone.now()
+        await (
+            Notification.objects.for_user(user_id)
+            .filter(pk=notification_id, delivered_at__isnull=True)
+            .aupdate(delivered_at=timezone.now())
         )
     return found
 

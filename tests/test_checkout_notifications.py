@@ -1,0 +1,217 @@
+"""Checkout never depends on the push or the email: whatever breaks, the shopper gets the order
+page, the notification row is kept, and the next socket connect delivers it.
+
+The breakage is faked where it lives, outside the project: the channel layer (a Redis that is
+down or stalls) and the email backend (an SMTP server that hangs up).
+"""
+
+import asyncio
+import logging
+import smtplib
+from datetime import date
+from urllib.parse import urlencode
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.testing import HttpCommunicator, WebsocketCommunicator
+from django.core.mail.backends.base import BaseEmailBackend
+from django.test import Client
+
+from notifications import services
+from notifications.models import Notification
+from shop.asgi import application
+from shop.models import Order
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+EXPIRY = f"12/{(date.today().year + 2) % 100:02d}"
+
+
+class BrokenLayer(InMemoryChannelLayer):
+    """Sockets still connect (group_add works), but every push fails: Redis went down."""
+
+    async def group_send(self, group, message):
+        raise ConnectionError("Redis is down")
+
+
+class HangingLayer(InMemoryChannelLayer):
+    """Every push stalls forever: Redis accepts the connection and never answers."""
+
+    async def group_send(self, group, message):
+        await asyncio.sleep(3600)
+
+
+class GatedLayer(InMemoryChannelLayer):
+    """Pushes wait until the test opens the gate, and are recorded once through."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.gate = asyncio.Event()
+        self.pushed: list[str] = []
+
+    async def group_send(self, group, message):
+        await self.gate.wait()
+        await super().group_send(group, message)
+        self.pushed.append(group)
+
+
+class BrokenEmailBackend(BaseEmailBackend):
+    def send_messages(self, email_messages):
+        raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+
+
+def use_layer(settings, layer_class):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": f"{__name__}.{layer_class.__name__}"}}
+
+
+@pytest.fixture(autouse=True)
+def fresh_layer_and_quiet_mail(settings):
+    """A fresh layer per test (tests that break it choose another class), no earlier mail in flight."""
+    use_layer(settings, InMemoryChannelLayer)
+    services.wait_for_queued_email()  # no email of an earlier test lands in this one's outbox
+
+
+@pytest.fixture
+def alice(shopper, make_product) -> Client:
+    """A signed-in shopper with a kettle in her cart."""
+    client = Client()
+    client.force_login(shopper)
+    response = client.post("/cart/add/", {"product": make_product(name="Kettle").pk, "quantity": 1})
+    assert response.status_code == 302
+    return client
+
+
+def pay_with_approved_card(client: Client):
+    token = client.get("/checkout/").context["checkout_token"]
+    return client.post(
+        "/checkout/", {"number": "4242 4242 4242 4242", "expiry": EXPIRY, "cvc": "123", "checkout_token": token}
+    )
+
+
+def frames_on_next_connect(client: Client, *, after: int = 0) -> list[dict]:
+    """Open the socket as the page would after a reconnect, and return what it replays."""
+
+    async def connect():
+        communicator = WebsocketCommunicator(
+            application,
+            f"/ws/notifications/?after={after}",
+            headers=[
+                (b"origin", b"http://127.0.0.1"),
+                (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()),
+            ],
+        )
+        try:
+            connected, _ = await communicator.connect()
+            assert connected
+            frames = [await communicator.receive_json_from()]
+            while not await communicator.receive_nothing(timeout=0.1):
+                frames.append(await communicator.receive_json_from())
+            return frames
+        finally:
+            await communicator.disconnect()
+
+    return async_to_sync(connect)()
+
+
+def assert_paid_and_replayed(response, shopper, client):
+    order = Order.objects.get(user=shopper)
+    assert order.status == Order.Status.PAID
+    assert response.status_code == 302
+    assert response.url == f"/orders/{order.number}/"
+    notification = Notification.objects.get(recipient=shopper, kind="order_placed")
+    assert order.number in notification.title
+
+    hello, *replayed = frames_on_next_connect(client)
+    assert hello == {"type": "hello", "unread": 1, "last_id": notification.pk}
+    assert [(frame["type"], frame["id"], frame["title"]) for frame in replayed] == [
+        ("notification", notification.pk, notification.title)
+    ]
+
+
+def test_checkout_succeeds_when_the_channel_layer_is_down(alice, shopper, settings, caplog):
+    use_layer(settings, BrokenLayer)
+
+    response = pay_with_approved_card(alice)
+
+    assert_paid_and_replayed(response, shopper, alice)
+    assert any(
+        record.levelno == logging.ERROR and isinstance(record.exc_info[1], ConnectionError)
+        for record in caplog.records
+        if record.name == "notifications.services"
+    )
+
+
+def test_checkout_succeeds_when_the_channel_layer_hangs(alice, shopper, settings, caplog):
+    use_layer(settings, HangingLayer)
+    settings.NOTIFICATIONS_DISPATCH_TIMEOUT = 0.2
+
+    response = pay_with_approved_card(alice)
+
+    assert_paid_and_replayed(response, shopper, alice)
+    assert any(
+        record.levelno == logging.WARNING and "timed out" in record.getMessage()
+        for record in caplog.records
+        if record.name == "notifications.services"
+    )
+
+
+def test_checkout_succeeds_when_the_email_backend_fails(alice, shopper, settings, caplog, mailoutbox):
+    settings.EMAIL_BACKEND = f"{__name__}.BrokenEmailBackend"
+
+    response = pay_with_approved_card(alice)
+    services.wait_for_queued_email()
+
+    assert_paid_and_replayed(response, shopper, alice)
+    assert mailoutbox == []
+    assert any("Could not send email" in record.getMessage() for record in caplog.records)
+
+
+def test_checkout_with_everything_working_pushes_and_emails(alice, shopper, mailoutbox):
+    response = pay_with_approved_card(alice)
+    services.wait_for_queued_email()
+
+    assert_paid_and_replayed(response, shopper, alice)
+    [email] = mailoutbox
+    assert email.to == [shopper.email]
+
+
+async def test_checkout_through_the_asgi_app_answers_before_the_push_is_delivered(
+    alice, shopper, settings, close_worker_thread_connections
+):
+    """Under the server, the response does not wait for the push: it is still held at the gate."""
+    use_layer(settings, GatedLayer)
+    token = (await sync_to_async(alice.get)("/checkout/")).context["checkout_token"]
+    csrf = alice.cookies["csrftoken"].value
+    post = HttpCommunicator(
+        application,
+        "POST",
+        "/checkout/",
+        body=urlencode(
+            {
+                "number": "4242424242424242",
+                "expiry": EXPIRY,
+                "cvc": "123",
+                "checkout_token": token,
+                "csrfmiddlewaretoken": csrf,
+            }
+        ).encode(),
+        headers=[
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/x-www-form-urlencoded"),
+            (b"cookie", f"sessionid={alice.cookies['sessionid'].value}; csrftoken={csrf}".encode()),
+        ],
+    )
+
+    response = await post.get_response(timeout=10)
+
+    order = await Order.objects.aget(user=shopper)
+    assert response["status"] == 302
+    assert dict(response["headers"])[b"Location"] == f"/orders/{order.number}/".encode()
+    layer = get_channel_layer()
+    assert layer.pushed == []  # the order page went out while the push was still waiting
+    layer.gate.set()
+    async with asyncio.timeout(5):
+        while not layer.pushed:
+            await asyncio.sleep(0.01)
+    assert layer.pushed == [f"notifications.user.{shopper.pk}"]

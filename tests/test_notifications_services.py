@@ -1,0 +1,305 @@
+"""notifications.services: the row commits with the change, the push and the email follow the commit.
+
+The channel layer and the email backend are outside the project: tests replace them (through
+the settings that select them) to watch what is sent and to make them fail or hang.
+"""
+
+import asyncio
+import logging
+import secrets
+import smtplib
+from datetime import date
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.core.mail.backends.base import BaseEmailBackend
+from django.db import transaction
+
+from notifications import services
+from notifications.models import Notification
+from shop import services as shop_services
+from shop.models import Order
+from shop.payments import Card, PaymentDeclined
+
+APPROVED_CARD = Card(number="4242424242424242", expiry_month=12, expiry_year=date.today().year + 2, cvc="123")
+DECLINED_CARD = Card(number="4000000000000002", expiry_month=12, expiry_year=date.today().year + 2, cvc="123")
+
+
+class SpyLayer(InMemoryChannelLayer):
+    """The in-memory layer, remembering every group_send."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.group_sends: list[tuple[str, dict]] = []
+
+    async def group_send(self, group, message):
+        self.group_sends.append((group, message))
+        await super().group_send(group, message)
+
+
+class HangingLayer(InMemoryChannelLayer):
+    """A layer whose group_send never returns (a Redis that accepts the connection and then stalls)."""
+
+    async def group_send(self, group, message):
+        await asyncio.sleep(3600)
+
+
+class BrokenLayer(InMemoryChannelLayer):
+    """A layer whose group_send fails (Redis is down)."""
+
+    async def group_send(self, group, message):
+        raise ConnectionError("Redis is down")
+
+
+class BrokenEmailBackend(BaseEmailBackend):
+    """An SMTP server that hangs up."""
+
+    def send_messages(self, email_messages):
+        raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+
+
+class Rollback(Exception):
+    pass
+
+
+def use_layer(settings, layer_class):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": f"{__name__}.{layer_class.__name__}"}}
+    return get_channel_layer()
+
+
+@pytest.fixture
+def spy_layer(settings):
+    return use_layer(settings, SpyLayer)
+
+
+@pytest.fixture(autouse=True)
+def no_mail_in_flight():
+    """Let the emails of earlier tests reach the backend before this test looks at the outbox."""
+    services.wait_for_queued_email()
+    yield
+    services.wait_for_queued_email()
+
+
+def fill_cart(user, product, quantity=1):
+    shop_services.add_to_cart(cart=shop_services.get_cart(user=user, create=True), product=product, quantity=quantity)
+
+
+def pay(user, card=APPROVED_CARD) -> Order:
+    return async_to_sync(shop_services.place_order)(user=user, checkout_token=secrets.token_urlsafe(24), card=card)
+
+
+def notify_shopper(user, title="Hello"):
+    return services.notify(
+        recipient=user, kind=Notification.Kind.ORDER_SHIPPED, title=title, body="Body", url="/orders/"
+    )
+
+
+# notify() ------------------------------------------------------------------------------
+
+
+def test_notify_in_committed_transaction_writes_one_row_and_pushes_once(
+    shopper, spy_layer, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        with transaction.atomic():
+            notification = notify_shopper(shopper, title="Order ABC has shipped")
+            assert spy_layer.group_sends == []  # nothing leaves before the commit
+
+    assert list(Notification.objects.values_list("recipient", "kind", "title")) == [
+        (shopper.pk, "order_shipped", "Order ABC has shipped")
+    ]
+    assert len(spy_layer.group_sends) == 1
+    group, message = spy_layer.group_sends[0]
+    assert group == f"notifications.user.{shopper.pk}"
+    assert message["type"] == "notification.message"
+    assert message["notification"]["id"] == notification.pk
+    assert message["notification"]["title"] == "Order ABC has shipped"
+    assert message["unread"] == 1
+
+
+def test_notify_in_rolled_back_transaction_leaves_no_row_and_pushes_nothing(
+    shopper, spy_layer, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        with pytest.raises(Rollback), transaction.atomic():
+            notify_shopper(shopper)
+            raise Rollback
+
+    assert callbacks == []
+    assert not Notification.objects.exists()
+    assert spy_layer.group_sends == []
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_anotify_writes_the_row_and_pushes_from_async_code(shopper, spy_layer, close_worker_thread_connections):
+    notification = await services.anotify(recipient=shopper, kind=Notification.Kind.ORDER_PAID, title="Paid")
+
+    async with asyncio.timeout(2):
+        while not spy_layer.group_sends:
+            await asyncio.sleep(0.01)
+    assert await Notification.objects.filter(recipient=shopper, title="Paid").acount() == 1
+    [(group, message)] = spy_layer.group_sends
+    assert group == f"notifications.user.{shopper.pk}"
+    assert message["notification"]["id"] == notification.pk
+
+
+# Checkout and status changes ------------------------------------------------------------
+
+
+def test_paid_checkout_creates_one_order_placed_notification_and_pushes_once(
+    shopper, other_shopper, make_product, spy_layer, django_capture_on_commit_callbacks
+):
+    fill_cart(shopper, make_product(name="Kettle"), quantity=2)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        order = pay(shopper)
+
+    assert order.status == Order.Status.PAID
+    notification = Notification.objects.get()
+    assert (notification.recipient, notification.kind) == (shopper, "order_placed")
+    assert order.number in notification.title
+    assert notification.url == f"/orders/{order.number}/"
+    assert [group for group, _ in spy_layer.group_sends] == [f"notifications.user.{shopper.pk}"]
+    assert not Notification.objects.filter(recipient=other_shopper).exists()
+
+
+def test_declined_checkout_creates_no_notification_and_pushes_nothing(
+    shopper, make_product, spy_layer, mailoutbox, django_capture_on_commit_callbacks
+):
+    fill_cart(shopper, make_product())
+
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(PaymentDeclined):
+        pay(shopper, DECLINED_CARD)
+
+    services.wait_for_queued_email()
+    assert not Notification.objects.exists()
+    assert spy_layer.group_sends == []
+    assert mailoutbox == []
+
+
+@pytest.mark.parametrize(
+    ("statuses", "kind"),
+    [
+        (["shipped"], "order_shipped"),
+        (["shipped", "delivered"], "order_delivered"),
+        (["cancelled"], "order_cancelled"),
+        (["refunded"], "order_refunded"),
+    ],
+)
+def test_status_change_creates_one_notification_of_its_kind(
+    statuses, kind, shopper, staff, make_product, spy_layer, django_capture_on_commit_callbacks
+):
+    fill_cart(shopper, make_product())
+    with django_capture_on_commit_callbacks(execute=True):
+        order = pay(shopper)
+
+    for status in statuses:
+        with django_capture_on_commit_callbacks(execute=True):
+            order = shop_services.change_order_status(order=order, status=status, actor=staff)
+
+    assert order.status == statuses[-1]
+    notification = Notification.objects.get(kind=kind)
+    assert notification.recipient == shopper
+    assert order.number in notification.title
+    # One order_placed, then one per status change, each pushed once to the buyer.
+    assert Notification.objects.count() == 1 + len(statuses)
+    assert [group for group, _ in spy_layer.group_sends] == [f"notifications.user.{shopper.pk}"] * (1 + len(statuses))
+
+
+# Dispatch failures ---------------------------------------------------------------------
+
+
+def test_hanging_channel_layer_is_abandoned_after_the_dispatch_timeout_and_logged(
+    shopper, settings, caplog, django_capture_on_commit_callbacks
+):
+    use_layer(settings, HangingLayer)
+    settings.NOTIFICATIONS_DISPATCH_TIMEOUT = 0.2
+
+    with django_capture_on_commit_callbacks(execute=True):
+        with transaction.atomic():
+            notification = notify_shopper(shopper)
+
+    assert Notification.objects.filter(pk=notification.pk).exists()
+    warnings = [record for record in caplog.records if record.name == "notifications.services"]
+    assert [record.levelno for record in warnings] == [logging.WARNING]
+    assert "timed out" in warnings[0].getMessage()
+    assert f"notification {notification.pk}" in warnings[0].getMessage()
+
+
+def test_failing_channel_layer_is_logged_and_not_raised(shopper, settings, caplog, django_capture_on_commit_callbacks):
+    use_layer(settings, BrokenLayer)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        with transaction.atomic():
+            notification = notify_shopper(shopper)
+
+    assert Notification.objects.filter(pk=notification.pk).exists()
+    [record] = [record for record in caplog.records if record.name == "notifications.services"]
+    assert record.levelno == logging.ERROR
+    assert "failed" in record.getMessage()
+    assert isinstance(record.exc_info[1], ConnectionError)
+
+
+# The confirmation email ---------------------------------------------------------------
+
+
+def test_order_confirmation_email_is_sent_only_after_commit(
+    shopper, make_product, mailoutbox, django_capture_on_commit_callbacks
+):
+    fill_cart(shopper, make_product(name="Kettle", price="12.50"), quantity=2)
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        order = pay(shopper)
+    services.wait_for_queued_email()
+    assert mailoutbox == []  # the transaction has not committed yet
+
+    for callback in callbacks:
+        callback()
+    services.wait_for_queued_email()
+
+    [email] = mailoutbox
+    assert email.to == [shopper.email]
+    assert email.subject == f"Your order {order.number} is confirmed"
+    assert "2 x Kettle at 12.50 = 25.00" in email.body
+    assert "Total: 25.00 EUR" in email.body
+
+
+def test_checkout_rolled_back_by_an_enclosing_transaction_sends_no_email_and_no_push(
+    shopper, make_product, spy_layer, mailoutbox, django_capture_on_commit_callbacks
+):
+    product = make_product(stock=5)
+    fill_cart(shopper, product)
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        with pytest.raises(Rollback), transaction.atomic():
+            pay(shopper)
+            raise Rollback
+
+    services.wait_for_queued_email()
+    assert callbacks == []
+    assert mailoutbox == []
+    assert spy_layer.group_sends == []
+    assert not Notification.objects.exists()
+    assert not Order.objects.exists()
+    product.refresh_from_db()
+    assert product.stock == 5
+
+
+def test_failing_email_backend_does_not_break_checkout_and_is_logged(
+    shopper, make_product, settings, spy_layer, caplog, django_capture_on_commit_callbacks
+):
+    settings.EMAIL_BACKEND = f"{__name__}.BrokenEmailBackend"
+    fill_cart(shopper, make_product())
+
+    with django_capture_on_commit_callbacks(execute=True):
+        order = pay(shopper)
+    services.wait_for_queued_email()
+
+    assert order.status == Order.Status.PAID
+    assert Notification.objects.filter(recipient=shopper, kind="order_placed").count() == 1
+    assert len(spy_layer.group_sends) == 1
+    [record] = [record for record in caplog.records if "Could not send email" in record.getMessage()]
+    assert record.levelno == logging.ERROR
+    assert order.number in record.getMessage()
+    assert isinstance(record.exc_info[1], smtplib.SMTPServerDisconnected)

@@ -1,0 +1,195 @@
+"""Delivery over the Redis channel layer (channels-redis core), as in production.
+
+Each test run uses Redis DB 1 and its own key prefix, so parallel runs never see each other's
+groups or messages, and only this run's keys are deleted afterwards. Apart from the address
+and the prefix, the layer's options (timeouts, capacity, expiry) are the project's own: the
+ones settings.py builds from REDIS_URL.
+"""
+
+import asyncio
+import os
+import uuid
+from copy import deepcopy
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.conf import settings as django_settings
+from django.db import transaction
+from django.test import Client
+
+from notifications import services
+from notifications.models import Notification
+from shop.asgi import application
+
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("close_worker_thread_connections"),
+]
+
+RUN_PREFIX = f"test-notifications-{uuid.uuid4().hex[:12]}"
+
+
+def redis_url_db1() -> str:
+    parts = urlsplit(os.environ["REDIS_URL"])
+    return urlunsplit(parts._replace(path="/1"))
+
+
+def layer_config(prefix: str) -> dict:
+    project = django_settings.CHANNEL_LAYERS["default"]
+    assert project["BACKEND"] == "channels_redis.core.RedisChannelLayer", "settings.py ignored REDIS_URL"
+    config = deepcopy(project["CONFIG"])
+    host = {key: value for key, value in config["hosts"][0].items() if key != "address"}
+    config.update(hosts=[{**host, "address": redis_url_db1()}], prefix=prefix)
+    return {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": config}}
+
+
+@pytest.fixture(autouse=True)
+def redis_layer(settings):
+    prefix = f"{RUN_PREFIX}-{uuid.uuid4().hex[:6]}:"
+    settings.CHANNEL_LAYERS = layer_config(prefix)
+    yield prefix
+    connection = redis.Redis.from_url(redis_url_db1())
+    try:
+        keys = list(connection.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            connection.delete(*keys)
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+async def open_socket():
+    opened = []
+
+    async def open_(client: Client, *, query: str = ""):
+        communicator = WebsocketCommunicator(
+            application,
+            "/ws/notifications/" + query,
+            headers=[
+                (b"origin", b"http://127.0.0.1"),
+                (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()),
+            ],
+        )
+        opened.append(communicator)
+        connected, _ = await communicator.connect(timeout=5)
+        assert connected
+        hello = await communicator.receive_json_from(timeout=5)
+        assert hello["type"] == "hello"
+        return communicator
+
+    yield open_
+    # Seen with channels-redis 4.3 on redis-py 8: a consumer disconnected right after a message
+    # can swallow the first cancellation of its blocking read and run until the communicator's
+    # timeout cancels it again (daphne does the same after application_close_timeout). Close
+    # the sockets together with a short timeout rather than wait for it each time.
+    await asyncio.gather(*(communicator.disconnect(timeout=1) for communicator in opened))
+    await get_channel_layer().close_pools()
+
+
+def log_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def notify_in_transaction(user, title: str) -> Notification:
+    with transaction.atomic():
+        return services.notify(recipient=user, kind=Notification.Kind.ORDER_SHIPPED, title=title, url="/orders/")
+
+
+async def receive_notification(communicator) -> int:
+    frame = await communicator.receive_json_from(timeout=5)
+    assert frame["type"] == "notification"
+    unread = await communicator.receive_json_from(timeout=5)
+    assert unread["type"] == "unread"
+    return frame["id"]
+
+
+async def test_live_notify_reaches_the_socket(open_socket, shopper):
+    socket = await open_socket(await sync_to_async(log_in)(shopper))
+
+    notification = await sync_to_async(notify_in_transaction)(shopper, "Shipped")
+
+    assert await receive_notification(socket) == notification.pk
+
+
+async def test_every_socket_of_the_user_gets_the_push(open_socket, shopper):
+    client = await sync_to_async(log_in)(shopper)
+    first_tab = await open_socket(client)
+    second_tab = await open_socket(await sync_to_async(log_in)(shopper))  # another device
+    third_tab = await open_socket(client)
+
+    notification = await sync_to_async(notify_in_transaction)(shopper, "Shipped")
+
+    for tab in (first_tab, second_tab, third_tab):
+        assert await receive_notification(tab) == notification.pk
+
+
+async def test_another_users_socket_gets_nothing(open_socket, shopper, other_shopper):
+    alice_socket = await open_socket(await sync_to_async(log_in)(shopper))
+    bob_socket = await open_socket(await sync_to_async(log_in)(other_shopper))
+
+    notification = await sync_to_async(notify_in_transaction)(other_shopper, "For Bob")
+
+    assert await receive_notification(bob_socket) == notification.pk
+    assert await alice_socket.receive_nothing(timeout=0.3)
+
+
+async def test_reconnect_resumes_after_the_last_seen_id(open_socket, shopper):
+    client = await sync_to_async(log_in)(shopper)
+    socket = await open_socket(client)
+    seen = await sync_to_async(notify_in_transaction)(shopper, "Seen live")
+    assert await receive_notification(socket) == seen.pk
+    await socket.disconnect()
+
+    missed = [await sync_to_async(notify_in_transaction)(shopper, f"Missed {n}") for n in range(2)]
+    socket = await open_socket(client)
+    await socket.send_json_to({"type": "resume", "after": seen.pk})
+
+    replayed = [await socket.receive_json_from(timeout=5) for _ in missed]
+    assert [frame["id"] for frame in replayed] == [n.pk for n in missed]
+    assert await socket.receive_nothing(timeout=0.3)
+
+
+async def test_read_in_one_tab_updates_the_count_in_every_tab(open_socket, shopper):
+    client = await sync_to_async(log_in)(shopper)
+    first_tab, second_tab = await open_socket(client), await open_socket(client)
+    notification = await sync_to_async(notify_in_transaction)(shopper, "Shipped")
+    for tab in (first_tab, second_tab):
+        await receive_notification(tab)
+
+    await first_tab.send_json_to({"type": "read", "id": notification.pk})
+
+    for tab in (first_tab, second_tab):
+        assert await tab.receive_json_from(timeout=5) == {"type": "unread", "count": 0}
+
+
+async def test_logout_closes_that_sessions_socket_and_no_other(open_socket, shopper):
+    leaving_client, staying_client = await sync_to_async(log_in)(shopper), await sync_to_async(log_in)(shopper)
+    leaving, staying = await open_socket(leaving_client), await open_socket(staying_client)
+
+    response = await sync_to_async(leaving_client.post)("/accounts/logout/")
+
+    assert response.status_code == 302
+    assert await leaving.receive_output(timeout=5) == {"type": "websocket.close", "code": 4401}
+    assert await staying.receive_nothing(timeout=0.3)
+
+
+async def test_idle_socket_outlives_the_layers_5_second_blocking_read(open_socket, shopper):
+    """redis-py 8 times reads out after 5 s by default while channels-redis blocks in BZPOPMIN
+    for 5 s: without explicit socket timeouts an idle consumer crashes after about 5 s."""
+    assert get_channel_layer().hosts[0]["socket_timeout"] > 5
+    socket = await open_socket(await sync_to_async(log_in)(shopper))
+
+    assert await socket.receive_nothing(timeout=7, interval=0.5)
+    assert not socket.future.done(), "the consumer died while idle"
+
+    notification = await sync_to_async(notify_in_transaction)(shopper, "After a quiet while")
+    assert await receive_notification(socket) == notification.pk
+    await socket.send_json_to({"type": "ping"})
+    assert await socket.receive_json_from(timeout=5) == {"type": "pong"}
