@@ -13,10 +13,15 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connections
 
 from shop import payments
 from shop.models import Product
+
+# The live-server and browser fixtures (live_daphne, chromium) live in tests/live.py.
+pytest_plugins = ["tests.live"]
 
 ON_CI = os.environ.get("CI", "").lower() == "true"
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output"
@@ -76,6 +81,34 @@ def pytest_runtest_setup(item):
 
 
 @pytest.fixture(autouse=True)
+def fast_password_hashing(request, settings):
+    """Hash test passwords with MD5: the real hasher costs ~0.4 s a user.
+
+    Browser tests keep the real hashers: they sign in through a live server, another
+    process, which only knows the project's settings.
+    """
+    if request.node.get_closest_marker("browser") is None:
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+async def close_worker_thread_connections():
+    """Close the database connections of asgiref's worker thread after an async test.
+
+    The async ORM runs queries in that long-lived thread, whose connection outlives the
+    test; left open, PostgreSQL refuses to drop the test database at the end.
+    """
+    yield
+    await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture
+def in_memory_layer(settings):
+    """A fresh in-memory channel layer: no group or queued message survives from another test."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.fixture(autouse=True)
 def instant_bank(settings):
     """The sandbox bank answers at once in tests (tests that study latency set their own)."""
     settings.SANDBOX_BANK_LATENCY_MS = 0
@@ -98,7 +131,11 @@ def make_product(db):
         number = next(counter)
         name = name or f"Product {number}"
         return Product.objects.create(
-            name=name, slug=f"product-{number}-{name.lower().replace(' ', '-')}", price=Decimal(price), stock=stock, is_active=is_active
+            name=name,
+            slug=f"product-{number}-{name.lower().replace(' ', '-')}",
+            price=Decimal(price),
+            stock=stock,
+            is_active=is_active,
         )
 
     return make
@@ -111,7 +148,11 @@ def make_user(db, django_user_model):
     def make(*, username=None, is_staff=False, password="a-good-password-123"):
         username = username or f"shopper{next(counter)}"
         return django_user_model.objects.create_user(
-            username=username, email=f"{username}@example.com", password=password, is_staff=is_staff, is_superuser=is_staff
+            username=username,
+            email=f"{username}@example.com",
+            password=password,
+            is_staff=is_staff,
+            is_superuser=is_staff,
         )
 
     return make

@@ -241,7 +241,9 @@ def live_daphne(transactional_db) -> Iterator[Callable[..., LiveDaphne]]:
     servers: list[LiveDaphne] = []
 
     def start(*, name: str | None = None, redis_url: str | None = None, bank_latency_ms: int = 50) -> LiveDaphne:
-        server = LiveDaphne(name=name or f"daphne{len(servers) + 1}", redis_url=redis_url, bank_latency_ms=bank_latency_ms)
+        server = LiveDaphne(
+            name=name or f"daphne{len(servers) + 1}", redis_url=redis_url, bank_latency_ms=bank_latency_ms
+        )
         servers.append(server)
         return server.start()
 
@@ -312,8 +314,12 @@ class Chromium:
         page.on("console", lambda message: self.console.append(f"page{number} {message.type}: {message.text}"))
         page.on(
             "response",
-            lambda response: response.status >= 400
-            and self.console.append(f"page{number} http {response.status}: {response.request.method} {response.url}"),
+            lambda response: (
+                response.status >= 400
+                and self.console.append(
+                    f"page{number} http {response.status}: {response.request.method} {response.url}"
+                )
+            ),
         )
         self._pages.append(page)
         return page
@@ -337,7 +343,9 @@ def chromium(request) -> Chromium:
     return Chromium(request.node.name)
 
 
-def log_in(page, server: LiveDaphne, username: str, password: str = SHOPPER_PASSWORD, *, path: str = "/accounts/login/"):
+def log_in(
+    page, server: LiveDaphne, username: str, password: str = SHOPPER_PASSWORD, *, path: str = "/accounts/login/"
+):
     """Sign in through the real login form at `path` and wait until it has let us in."""
     page.goto(f"{server.url}{path}")
     page.fill('input[name="username"]', username)

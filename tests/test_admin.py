@@ -15,11 +15,6 @@ CARD = Card(number="4242424242424242", expiry_month=12, expiry_year=date.today()
 DECLINED = Card(number="4000000000000002", expiry_month=12, expiry_year=date.today().year + 1, cvc="123")
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def staff_client(client, staff):
     client.force_login(staff)
@@ -249,7 +244,9 @@ def test_change_form_offers_only_allowed_statuses(staff_client, place):
     order = place()
     response = staff_client.get(f"/admin/shop/order/{order.pk}/change/")
     choices = [value for value, _ in response.context["adminform"].form.fields["status"].choices]
-    assert sorted(choices) == sorted([Order.Status.PAID, Order.Status.SHIPPED, Order.Status.CANCELLED, Order.Status.REFUNDED])
+    assert sorted(choices) == sorted(
+        [Order.Status.PAID, Order.Status.SHIPPED, Order.Status.CANCELLED, Order.Status.REFUNDED]
+    )
 
 
 def test_change_form_moves_the_order_through_the_service(staff_client, staff, place, kettle, bank):

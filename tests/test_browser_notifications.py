@@ -11,12 +11,10 @@ from notifications.models import Notification
 from shop import services
 from shop.models import Order
 from shop.payments import Card
-from tests.live import (  # noqa: F401 - live_daphne and chromium are fixtures
+from tests.live import (
     APPROVED_CARD,
     add_to_cart_in_page,
-    chromium,
     in_thread,
-    live_daphne,
     log_in,
     pay_in_page,
 )
@@ -110,7 +108,9 @@ def test_order_paid_in_one_tab_is_toasted_in_the_other_without_reload(live_daphn
     assert not chromium.page_errors
 
 
-def test_staff_shipping_an_order_in_the_admin_is_toasted_to_the_shopper(live_daphne, chromium, shopper, staff, make_product):  # noqa: F811
+def test_staff_shipping_an_order_in_the_admin_is_toasted_to_the_shopper(
+    live_daphne, chromium, shopper, staff, make_product
+):  # noqa: F811
     order = paid_order(shopper, make_product(name="Kettle", price="45.00", stock=3))
     server = live_daphne()
 
@@ -141,7 +141,10 @@ def test_staff_shipping_an_order_in_the_admin_is_toasted_to_the_shopper(live_dap
 
 
 def test_notifications_written_while_the_server_is_down_are_toasted_once_after_reconnect(
-    live_daphne, chromium, shopper, make_product  # noqa: F811
+    live_daphne,
+    chromium,
+    shopper,
+    make_product,  # noqa: F811
 ):
     order = paid_order(shopper, make_product(name="Mug", price="8.00", stock=3))
     server = live_daphne()
@@ -149,7 +152,12 @@ def test_notifications_written_while_the_server_is_down_are_toasted_once_after_r
     def ship_and_deliver() -> list[int]:
         for status in (Order.Status.SHIPPED, Order.Status.DELIVERED):
             services.change_order_status(order=Order.objects.get(pk=order.pk), status=status)
-        return list(Notification.objects.for_user(shopper).filter(kind__in=["order_shipped", "order_delivered"]).order_by("pk").values_list("pk", flat=True))
+        return list(
+            Notification.objects.for_user(shopper)
+            .filter(kind__in=["order_shipped", "order_delivered"])
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
 
     with chromium.open() as browser:
         page = open_live_page(chromium, browser.new_context(), server, shopper, order.get_absolute_url())

@@ -6,13 +6,11 @@ import pytest
 from playwright.sync_api import expect
 
 from shop.models import Order, Payment
-from tests.live import (  # noqa: F401 - live_daphne and chromium are fixtures
+from tests.live import (
     APPROVED_CARD,
     DECLINED_CARD,
     add_to_cart_in_page,
-    chromium,
     in_thread,
-    live_daphne,
     log_in,
     pay_in_page,
 )
@@ -26,7 +24,9 @@ def orders_of(user) -> list[tuple[str, str]]:
     return list(Order.objects.filter(user=user).order_by("pk").values_list("number", "status"))
 
 
-def test_shopper_pays_with_a_good_card_and_a_declined_card_leaves_no_order(live_daphne, chromium, shopper, make_product):  # noqa: F811
+def test_shopper_pays_with_a_good_card_and_a_declined_card_leaves_no_order(
+    live_daphne, chromium, shopper, make_product
+):  # noqa: F811
     product = make_product(name="Espresso cup", price="12.50", stock=10)
     server = live_daphne()
 
@@ -62,7 +62,9 @@ def test_shopper_pays_with_a_good_card_and_a_declined_card_leaves_no_order(live_
         expect(page.locator(f'tr[data-product="{product.slug}"]')).to_be_visible()
 
         # Phone width: the catalog and the checkout fit without sideways scrolling.
-        phone = chromium.new_page(browser.new_context(viewport={"width": 375, "height": 812}, is_mobile=True, has_touch=True))
+        phone = chromium.new_page(
+            browser.new_context(viewport={"width": 375, "height": 812}, is_mobile=True, has_touch=True)
+        )
         log_in(phone, server, shopper.username)
         for step, path in [("phone-catalog", "/"), ("phone-checkout", "/checkout/")]:
             phone.goto(f"{server.url}{path}")

@@ -24,11 +24,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 CARD = Card(number="4242424242424242", expiry_month=12, expiry_year=date.today().year + 1, cvc="123")
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def slow_bank(settings):
     """A bank slow enough (50 ms) that the racing checkouts wait for it at the same time."""
@@ -74,7 +69,9 @@ def test_thirty_shoppers_racing_for_five_units_sell_exactly_five(make_product, m
 
     orders = [outcome for outcome in outcomes if isinstance(outcome, Order)]
     refusals = [outcome for outcome in outcomes if isinstance(outcome, services.OutOfStock)]
-    assert len(orders) + len(refusals) == 30, [outcome for outcome in outcomes if not isinstance(outcome, (Order, services.OutOfStock))]
+    assert len(orders) + len(refusals) == 30, [
+        outcome for outcome in outcomes if not isinstance(outcome, (Order, services.OutOfStock))
+    ]
     assert len(orders) == 5
     assert len(refusals) == 25
     for refusal in refusals:

@@ -12,7 +12,12 @@ TODAY = date.today()
 
 
 def checkout_form(**overrides) -> CheckoutForm:
-    data = {"number": "4242424242424242", "expiry": f"12/{(TODAY.year + 1) % 100:02d}", "cvc": "123", "checkout_token": TOKEN}
+    data = {
+        "number": "4242424242424242",
+        "expiry": f"12/{(TODAY.year + 1) % 100:02d}",
+        "cvc": "123",
+        "checkout_token": TOKEN,
+    }
     data.update(overrides)
     return CheckoutForm(data)
 
@@ -104,7 +109,9 @@ def test_cvc_longer_than_four_digits_is_refused():
     assert "at most 4 characters" in form.errors["cvc"][0]
 
 
-@pytest.mark.parametrize("token", ["short", "x" * 65, "has spaces in it and is long enough", "<script>alert(1)</script>xx"])
+@pytest.mark.parametrize(
+    "token", ["short", "x" * 65, "has spaces in it and is long enough", "<script>alert(1)</script>xx"]
+)
 def test_malformed_checkout_token_is_refused(token):
     form = checkout_form(checkout_token=token)
     assert not form.is_valid()

@@ -58,7 +58,11 @@ async def test_any_other_valid_card_is_approved():
     [
         ("4000000000000002", PaymentDeclined, "Your card was declined. Please use another card."),
         ("4000000000009995", InsufficientFunds, "Your card has insufficient funds. Please use another card."),
-        ("4000000000000119", BankUnavailable, "The bank could not be reached. You have not been charged; please try again in a moment."),
+        (
+            "4000000000000119",
+            BankUnavailable,
+            "The bank could not be reached. You have not been charged; please try again in a moment.",
+        ),
     ],
 )
 async def test_refusal_test_cards_raise_their_error_and_charge_nothing(number, error_class, message):
@@ -102,8 +106,12 @@ async def test_concurrent_retries_with_one_key_move_money_once():
 async def test_refund_is_idempotent():
     bank = SandboxBank(latency_ms=0)
     captured = await charge(bank)
-    refund = await bank.refund(charge_reference=captured.reference, amount=Decimal("12.50"), currency="EUR", idempotency_key="refund-1")
-    again = await bank.refund(charge_reference=captured.reference, amount=Decimal("12.50"), currency="EUR", idempotency_key="refund-1")
+    refund = await bank.refund(
+        charge_reference=captured.reference, amount=Decimal("12.50"), currency="EUR", idempotency_key="refund-1"
+    )
+    again = await bank.refund(
+        charge_reference=captured.reference, amount=Decimal("12.50"), currency="EUR", idempotency_key="refund-1"
+    )
     assert isinstance(refund, RefundResult)
     assert refund.reference.startswith("re_")
     assert (refund.amount, refund.currency) == (Decimal("12.50"), "EUR")
@@ -171,7 +179,6 @@ async def test_base_gateway_implements_nothing():
 
 
 def test_checkout_and_refund_go_through_the_configured_gateway(settings, shopper, make_product):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.PAYMENT_GATEWAY = "tests.test_payments.RecordingGateway"
     get_gateway.cache_clear()
     gateway = get_gateway()

@@ -11,11 +11,6 @@ from shop.models import Product
 PASSWORD = "pw-12345-x"
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def seed(**options):
     call_command("seed_demo", customers=2, products=5, stock=7, password=PASSWORD, stdout=io.StringIO(), **options)
 

@@ -13,7 +13,15 @@ from django.db import connection
 
 from shop import services
 from shop.models import Cart, Order, OrderEvent, Payment, Product
-from shop.payments import BankUnavailable, Card, InsufficientFunds, PaymentDeclined, PaymentError, SandboxBank, get_gateway
+from shop.payments import (
+    BankUnavailable,
+    Card,
+    InsufficientFunds,
+    PaymentDeclined,
+    PaymentError,
+    SandboxBank,
+    get_gateway,
+)
 from shop.signals import order_placed, order_status_changed
 
 NEXT_YEAR = date.today().year + 1
@@ -42,12 +50,6 @@ def quantities(cart: Cart) -> dict[str, int]:
 
 def checkout(user, card: Card = APPROVED, token: str | None = None) -> Order:
     return async_to_sync(services.place_order)(user=user, checkout_token=token or new_token(), card=card)
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """Hash test passwords cheaply: each user would otherwise cost a third of a second."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
@@ -425,7 +427,11 @@ def test_checkout_of_an_empty_cart_is_refused(shopper, bank):
     [
         ([], Order.Status.DELIVERED, "is paid and cannot be marked delivered"),
         ([], Order.Status.PAID, "becomes paid only when the bank captures"),
-        ([Order.Status.SHIPPED, Order.Status.DELIVERED], Order.Status.SHIPPED, "is delivered and cannot be marked shipped"),
+        (
+            [Order.Status.SHIPPED, Order.Status.DELIVERED],
+            Order.Status.SHIPPED,
+            "is delivered and cannot be marked shipped",
+        ),
         ([Order.Status.SHIPPED], Order.Status.CANCELLED, "is shipped and cannot be marked cancelled"),
         ([Order.Status.SHIPPED], Order.Status.PAID, "becomes paid only when the bank captures"),
         ([Order.Status.CANCELLED], Order.Status.PAID, "becomes paid only when the bank captures"),
@@ -465,7 +471,9 @@ def test_shipping_then_delivering_records_events_with_the_actor(paid_order, staf
         (Order.Status.PAID, Order.Status.SHIPPED, staff),
         (Order.Status.SHIPPED, Order.Status.DELIVERED, staff),
     ]
-    assert [(name, kwargs["order"].status, kwargs["previous_status"], kwargs["actor"]) for name, kwargs in received] == [
+    assert [
+        (name, kwargs["order"].status, kwargs["previous_status"], kwargs["actor"]) for name, kwargs in received
+    ] == [
         ("changed", Order.Status.SHIPPED, Order.Status.PAID, staff),
         ("changed", Order.Status.DELIVERED, Order.Status.SHIPPED, staff),
     ]

@@ -23,7 +23,7 @@ from websockets.asyncio.client import connect
 from notifications.models import Notification
 from shop import services
 from shop.models import Order
-from tests.live import LiveDaphne, in_thread, live_daphne, redis_url_with_db  # noqa: F401 - live_daphne is a fixture
+from tests.live import LiveDaphne, in_thread, redis_url_with_db
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
@@ -72,7 +72,11 @@ def pay_over_http(server: LiveDaphne, session_id: str, card: dict) -> tuple[int,
         assert inputs.values.get("checkout_token"), "the checkout page has no checkout_token input"
         assert inputs.values.get("csrfmiddlewaretoken"), "the checkout page has no CSRF token"
 
-        form = {**card, "checkout_token": inputs.values["checkout_token"], "csrfmiddlewaretoken": inputs.values["csrfmiddlewaretoken"]}
+        form = {
+            **card,
+            "checkout_token": inputs.values["checkout_token"],
+            "csrfmiddlewaretoken": inputs.values["csrfmiddlewaretoken"],
+        }
         cookie_header = "; ".join([session_cookie] + [f"{name}={morsel.value}" for name, morsel in cookies.items()])
         connection.request(
             "POST",
@@ -93,7 +97,9 @@ def pay_over_http(server: LiveDaphne, session_id: str, card: dict) -> tuple[int,
         connection.close()
 
 
-async def watch_socket_while_paying(server_a: LiveDaphne, server_b: LiveDaphne, session_id: str, *, fill_cart, rounds: int) -> dict:
+async def watch_socket_while_paying(
+    server_a: LiveDaphne, server_b: LiveDaphne, session_id: str, *, fill_cart, rounds: int
+) -> dict:
     """Hold a socket on A, pay on B `rounds` times; return what A received and when."""
     async with connect(
         f"{server_a.ws_url}/ws/notifications/",
@@ -121,7 +127,9 @@ async def watch_socket_while_paying(server_a: LiveDaphne, server_b: LiveDaphne, 
     return {"hello": hello, "checkouts": checkouts}
 
 
-def test_order_paid_on_one_server_is_pushed_to_a_socket_on_the_other(live_daphne, shared_redis_url, make_user, make_product):  # noqa: F811
+def test_order_paid_on_one_server_is_pushed_to_a_socket_on_the_other(
+    live_daphne, shared_redis_url, make_user, make_product
+):  # noqa: F811
     shopper = make_user()
     product = make_product(price="12.50", stock=5)
     client = Client()
