@@ -170,7 +170,8 @@ def redis_command(port: int, *parts: str, db: int | None = None, timeout: float 
     """Send commands to Redis on 127.0.0.1 (RESP, no client library); return the reply lines."""
     commands = ([("SELECT", str(db))] if db is not None else []) + [parts]
     payload = b"".join(
-        f"*{len(command)}\r\n".encode() + b"".join(f"${len(p)}\r\n{p}\r\n".encode() for p in command) for command in commands
+        f"*{len(command)}\r\n".encode() + b"".join(f"${len(p)}\r\n{p}\r\n".encode() for p in command)
+        for command in commands
     )
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
         connection.sendall(payload)

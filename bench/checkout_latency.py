@@ -42,10 +42,16 @@ try:
     import websockets.asyncio.client as ws_client
     from websockets.exceptions import WebSocketException
 except ImportError:  # Started with a Python outside the project's virtualenv: use the virtualenv's.
-    if (VENV / "bin" / "python").exists() and Path(sys.prefix).resolve() != VENV.resolve() and not os.environ.get("BENCH_REEXEC"):
+    if (
+        (VENV / "bin" / "python").exists()
+        and Path(sys.prefix).resolve() != VENV.resolve()
+        and not os.environ.get("BENCH_REEXEC")
+    ):
         os.environ["BENCH_REEXEC"] = "1"
         os.execv(str(VENV / "bin" / "python"), [str(VENV / "bin" / "python"), *sys.argv])
-    raise SystemExit("The benchmark needs the `websockets` package: run it with .venv/bin/python (make bench).")
+    raise SystemExit(
+        "The benchmark needs the `websockets` package: run it with .venv/bin/python (make bench)."
+    ) from None
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_servers import (  # noqa: E402
@@ -258,7 +264,9 @@ async def _measure_pushes(server: DaphneServer, shopper: Shopper, products: list
                 if time.monotonic() > deadline or reader.done():
                     break
                 try:
-                    fields = await asyncio.to_thread(prepare_checkout, shopper, server.port, products[index % len(products)])
+                    fields = await asyncio.to_thread(
+                        prepare_checkout, shopper, server.port, products[index % len(products)]
+                    )
                     done = await asyncio.to_thread(shopper.pay, server.port, fields)
                 except (ShopperError, OSError) as error:
                     result["errors"].append(str(error))
@@ -309,7 +317,9 @@ def part_slow_bank(server: DaphneServer, shoppers: list[Shopper], products: list
     port = server.port
     with ThreadPoolExecutor(max_workers=4) as pool:
         forms = list(
-            pool.map(lambda item: prepare_checkout(item[1], port, products[item[0] % len(products)]), enumerate(shoppers))
+            pool.map(
+                lambda item: prepare_checkout(item[1], port, products[item[0] % len(products)]), enumerate(shoppers)
+            )
         )
 
     visitor = Shopper()
@@ -485,7 +495,11 @@ def main() -> int:
                 }
             )
             scenarios.append(
-                {"key": "d_refused", "label": "(d) Redis refuses", "kwargs": {"redis_url": f"redis://127.0.0.1:{free_port()}/0"}}
+                {
+                    "key": "d_refused",
+                    "label": "(d) Redis refuses",
+                    "kwargs": {"redis_url": f"redis://127.0.0.1:{free_port()}/0"},
+                }
             )
         shopper_number = {"a_memory": 1, "b_redis": 2, "c_blackhole": 3, "d_refused": 4}
         for scenario in scenarios:
@@ -523,14 +537,18 @@ def main() -> int:
             for scenario in scenarios:
                 if scenario["key"] in push_runs:
                     key, shopper = push_runs[scenario["key"]]
-                    report["part2_push_latency"][key] = part_push_latency(scenario["server"], shopper, products, args.orders)
+                    report["part2_push_latency"][key] = part_push_latency(
+                        scenario["server"], shopper, products, args.orders
+                    )
             report["part2_seconds"] = round(time.monotonic() - phase, 1)
         for scenario in scenarios:
             if scenario["server"] in servers:
                 stop(scenario["server"])
 
         if slow is not None:
-            print(f"Part 3: {CONCURRENT_CHECKOUTS} concurrent checkouts against a {SLOW_BANK_MS} ms bank ...", flush=True)
+            print(
+                f"Part 3: {CONCURRENT_CHECKOUTS} concurrent checkouts against a {SLOW_BANK_MS} ms bank ...", flush=True
+            )
             phase = time.monotonic()
             report["part3_slow_bank"] = part_slow_bank(slow, part3_buyers, products, database)
             report["part3_slow_bank"]["seconds"] = round(time.monotonic() - phase, 1)
@@ -616,7 +634,9 @@ def print_part1(report: dict, verdicts: list) -> None:
         )
     for row in part1["scenarios"].values():
         if row["error_count"]:
-            verdict(False, f"{row['label']}: {row['error_count']} checkout(s) failed, e.g. {row['errors'][0]}", verdicts)
+            verdict(
+                False, f"{row['label']}: {row['error_count']} checkout(s) failed, e.g. {row['errors'][0]}", verdicts
+            )
         for name, base in (("ratio_to_a", "(a)"), ("ratio_to_b", "(b)")):
             if row.get(name) is not None:
                 verdict(
@@ -666,7 +686,9 @@ def print_part2(report: dict, verdicts: list) -> None:
 def print_part3(report: dict, verdicts: list) -> None:
     part3 = report["part3_slow_bank"]
     idle, busy = part3["catalog_idle"], part3["catalog_during_checkouts"]
-    print(f"\n3. Slow bank ({part3['bank_latency_ms']} ms): {part3['checkouts']} concurrent checkouts, catalog GET / meanwhile")
+    print(
+        f"\n3. Slow bank ({part3['bank_latency_ms']} ms): {part3['checkouts']} concurrent checkouts, catalog GET / meanwhile"
+    )
     print(f"   {'':<36}{'n':>4}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}")
     print(f"   {'catalog idle (before + after)':<36}{stats_cells(idle)}")
     print(f"   {'catalog while checkouts in flight':<36}{stats_cells(busy)}")

@@ -100,10 +100,14 @@ class Shopper:
             headers["Cookie"] = self.cookie_header()
         if method == "POST":
             origin = f"http://127.0.0.1:{port}"
-            headers.update({"Origin": origin, "Referer": origin + path, "Content-Type": "application/x-www-form-urlencoded"})
+            headers.update(
+                {"Origin": origin, "Referer": origin + path, "Content-Type": "application/x-www-form-urlencoded"}
+            )
         for attempt in (1, 2):
             reused = port in self._connections
-            connection = self._connections.get(port) or http.client.HTTPConnection("127.0.0.1", port, timeout=self.timeout)
+            connection = self._connections.get(port) or http.client.HTTPConnection(
+                "127.0.0.1", port, timeout=self.timeout
+            )
             self._connections[port] = connection
             started = time.perf_counter()
             try:
@@ -144,7 +148,11 @@ class Shopper:
         if page.status != 200:
             raise ShopperError(f"GET /accounts/login/ answered {page.status}")
         token = self.cookies.get("csrftoken") or next(
-            (form["fields"]["csrfmiddlewaretoken"] for form in parse_forms(page.body) if "csrfmiddlewaretoken" in form["fields"]),
+            (
+                form["fields"]["csrfmiddlewaretoken"]
+                for form in parse_forms(page.body)
+                if "csrfmiddlewaretoken" in form["fields"]
+            ),
             "",
         )
         done = self.post(
@@ -156,7 +164,9 @@ class Shopper:
             raise ShopperError(f"login of {self.username} answered {done.status} (expected 302 and a session)")
 
     def add_to_cart(self, port: int, product_id: int, quantity: int = 1) -> None:
-        done = self.post(port, "/cart/add/", {"product": product_id, "quantity": quantity, "csrfmiddlewaretoken": self.csrf()})
+        done = self.post(
+            port, "/cart/add/", {"product": product_id, "quantity": quantity, "csrfmiddlewaretoken": self.csrf()}
+        )
         if done.status != 302:
             raise ShopperError(f"POST /cart/add/ answered {done.status} for {self.username}")
 
@@ -164,11 +174,17 @@ class Shopper:
         """GET /checkout/ and return the payment form's fields (checkout_token, csrf) with the test card."""
         page = self.get(port, "/checkout/")
         if page.status != 200:
-            raise ShopperError(f"GET /checkout/ answered {page.status} for {self.username} (Location {page.location_path!r})")
+            raise ShopperError(
+                f"GET /checkout/ answered {page.status} for {self.username} (Location {page.location_path!r})"
+            )
         form = next((form for form in parse_forms(page.body) if "checkout_token" in form["fields"]), None)
         if form is None or not form["fields"]["checkout_token"]:
-            raise ShopperError("the checkout page has no <input name=checkout_token> with a value (templates not ready?)")
-        fields = {name: value for name, value in form["fields"].items() if name in {"checkout_token", "csrfmiddlewaretoken"}}
+            raise ShopperError(
+                "the checkout page has no <input name=checkout_token> with a value (templates not ready?)"
+            )
+        fields = {
+            name: value for name, value in form["fields"].items() if name in {"checkout_token", "csrfmiddlewaretoken"}
+        }
         fields.setdefault("csrfmiddlewaretoken", self.csrf())
         return {**fields, **TEST_CARD}
 
@@ -176,5 +192,7 @@ class Shopper:
         """POST the checkout form; the caller times it. Raise unless it is the 302 to the order."""
         done = self.post(port, "/checkout/", checkout_fields)
         if done.status != 302 or not done.location_path.startswith("/orders/"):
-            raise ShopperError(f"POST /checkout/ answered {done.status} (Location {done.location_path!r}) for {self.username}")
+            raise ShopperError(
+                f"POST /checkout/ answered {done.status} (Location {done.location_path!r}) for {self.username}"
+            )
         return done

@@ -14,13 +14,21 @@ from .models import Notification
 STATUS_MESSAGES = {
     "paid": (Notification.Kind.ORDER_PAID, "Order {number} is paid", "Your payment was received."),
     "shipped": (Notification.Kind.ORDER_SHIPPED, "Order {number} has shipped", "It is on its way to you."),
-    "delivered": (Notification.Kind.ORDER_DELIVERED, "Order {number} was delivered", "Enjoy! Thank you for shopping with us."),
+    "delivered": (
+        Notification.Kind.ORDER_DELIVERED,
+        "Order {number} was delivered",
+        "Enjoy! Thank you for shopping with us.",
+    ),
     "cancelled": (
         Notification.Kind.ORDER_CANCELLED,
         "Order {number} was cancelled",
         "Any payment has been refunded to your card.",
     ),
-    "refunded": (Notification.Kind.ORDER_REFUNDED, "Order {number} was refunded", "{total} {currency} is on its way back to your card."),
+    "refunded": (
+        Notification.Kind.ORDER_REFUNDED,
+        "Order {number} was refunded",
+        "{total} {currency} is on its way back to your card.",
+    ),
 }
 
 
@@ -33,7 +41,9 @@ def notify_order_placed(sender, order, **kwargs):
         url=order.get_absolute_url(),
     )
     if order.user.email:
-        body = render_to_string("notifications/email/order_confirmation.txt", {"order": order, "lines": order.lines.all()})
+        body = render_to_string(
+            "notifications/email/order_confirmation.txt", {"order": order, "lines": order.lines.all()}
+        )
         services.queue_email(
             EmailMessage(
                 subject=f"Your order {order.number} is confirmed",

@@ -48,11 +48,15 @@ class OrderAdminForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if self.instance.pk:
             allowed = {self.instance.status} | services.ALLOWED_TRANSITIONS[self.instance.status]
-            self.fields["status"].choices = [(value, label) for value, label in Order.Status.choices if value in allowed]
+            self.fields["status"].choices = [
+                (value, label) for value, label in Order.Status.choices if value in allowed
+            ]
 
     def clean_status(self):
         status = self.cleaned_data["status"]
-        if status != self.instance.status and (problem := services.transition_problem(order=self.instance, status=status)):
+        if status != self.instance.status and (
+            problem := services.transition_problem(order=self.instance, status=status)
+        ):
             raise forms.ValidationError(problem)
         return status
 

@@ -80,7 +80,9 @@ class CheckoutForm(forms.Form):
     number = forms.CharField(
         label="Card number",
         max_length=23,
-        widget=UnechoedTextInput(attrs={"autocomplete": "cc-number", "inputmode": "numeric", "placeholder": "4242 4242 4242 4242"}),
+        widget=UnechoedTextInput(
+            attrs={"autocomplete": "cc-number", "inputmode": "numeric", "placeholder": "4242 4242 4242 4242"}
+        ),
     )
     expiry = forms.CharField(
         label="Expiry (MM/YY)",
@@ -130,7 +132,9 @@ class CheckoutForm(forms.Form):
 
     def card(self) -> Card:
         month, year = self.cleaned_data["expiry"]
-        return Card(number=self.cleaned_data["number"], expiry_month=month, expiry_year=year, cvc=self.cleaned_data["cvc"])
+        return Card(
+            number=self.cleaned_data["number"], expiry_month=month, expiry_year=year, cvc=self.cleaned_data["cvc"]
+        )
 
 
 class SignUpForm(UserCreationForm):

@@ -78,7 +78,9 @@ class PaymentGateway:
     async def charge(self, *, amount: Decimal, currency: str, card: Card, idempotency_key: str) -> ChargeResult:
         raise NotImplementedError
 
-    async def refund(self, *, charge_reference: str, amount: Decimal, currency: str, idempotency_key: str) -> RefundResult:
+    async def refund(
+        self, *, charge_reference: str, amount: Decimal, currency: str, idempotency_key: str
+    ) -> RefundResult:
         raise NotImplementedError
 
 
@@ -111,19 +113,27 @@ class SandboxBank(PaymentGateway):
         if (answer := self._answer(key)) is None:
             await asyncio.sleep(self.latency_ms / 1000)
             error_class = SANDBOX_DECLINED_CARDS.get(card.number)
-            outcome = error_class() if error_class else ChargeResult(
-                reference=f"ch_{uuid.uuid4().hex[:20]}", amount=amount, currency=currency, card_last4=card.last4
+            outcome = (
+                error_class()
+                if error_class
+                else ChargeResult(
+                    reference=f"ch_{uuid.uuid4().hex[:20]}", amount=amount, currency=currency, card_last4=card.last4
+                )
             )
             answer = self._record(key, outcome)
         if isinstance(answer, PaymentError):
             raise answer
         return answer
 
-    async def refund(self, *, charge_reference: str, amount: Decimal, currency: str, idempotency_key: str) -> RefundResult:
+    async def refund(
+        self, *, charge_reference: str, amount: Decimal, currency: str, idempotency_key: str
+    ) -> RefundResult:
         key = f"refund:{idempotency_key}"
         if (answer := self._answer(key)) is None:
             await asyncio.sleep(self.latency_ms / 1000)
-            answer = self._record(key, RefundResult(reference=f"re_{uuid.uuid4().hex[:20]}", amount=amount, currency=currency))
+            answer = self._record(
+                key, RefundResult(reference=f"re_{uuid.uuid4().hex[:20]}", amount=amount, currency=currency)
+            )
         return answer
 
     def _answer(self, key: str):

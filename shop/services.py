@@ -140,8 +140,10 @@ def merge_carts(*, source: Cart, target: Cart) -> list[str]:
             wanted = line.quantity + (existing.quantity if existing else 0)
             kept = max(0, min(wanted, line.product.stock, limit)) if line.product.is_active else 0
             if kept < wanted:
-                notes.append(availability_problem(product=line.product, quantity=wanted) or
-                             f"You can buy at most {limit} of {line.product.name} per order.")
+                notes.append(
+                    availability_problem(product=line.product, quantity=wanted)
+                    or f"You can buy at most {limit} of {line.product.name} per order."
+                )
             if kept:
                 CartLine.objects.update_or_create(cart=target, product=line.product, defaults={"quantity": kept})
             elif existing:
@@ -216,7 +218,9 @@ def reserve_order(*, user, checkout_token: str) -> Order:
             raise EmptyCart("Your cart is empty.")
         products = {
             product.pk: product
-            for product in Product.objects.select_for_update().filter(pk__in=[line.product_id for line in lines]).order_by("pk")
+            for product in Product.objects.select_for_update()
+            .filter(pk__in=[line.product_id for line in lines])
+            .order_by("pk")
         }
         problems = [
             problem
@@ -243,7 +247,9 @@ def reserve_order(*, user, checkout_token: str) -> Order:
         for line in lines:
             products[line.product_id].stock -= line.quantity
         Product.objects.bulk_update(products.values(), ["stock"])
-        OrderEvent.objects.create(order=order, to_status=Order.Status.PENDING, message="Stock reserved; awaiting the bank.")
+        OrderEvent.objects.create(
+            order=order, to_status=Order.Status.PENDING, message="Stock reserved; awaiting the bank."
+        )
     return order
 
 

@@ -54,7 +54,9 @@ def _shopper_cart(request: HttpRequest, *, create: bool = False):
 
 def _redirect_back(request: HttpRequest, fallback: str) -> HttpResponse:
     target = request.POST.get("next", "")
-    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+    if not url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
         target = fallback
     return redirect(target)
 
@@ -106,7 +108,9 @@ def cart_update(request: HttpRequest) -> HttpResponse:
     except services.ShopError as error:
         messages.error(request, error.message)
     else:
-        messages.success(request, f"Removed {product.name}." if quantity == 0 else f"Updated {product.name} to {quantity}.")
+        messages.success(
+            request, f"Removed {product.name}." if quantity == 0 else f"Updated {product.name} to {quantity}."
+        )
     return redirect("shop:cart")
 
 
@@ -126,7 +130,9 @@ def cart_remove(request: HttpRequest) -> HttpResponse:
 # Checkout ---------------------------------------------------------------------------
 
 
-def _render_checkout(request: HttpRequest, form: CheckoutForm | None = None, *, new_token: bool = False, status: int = 200):
+def _render_checkout(
+    request: HttpRequest, form: CheckoutForm | None = None, *, new_token: bool = False, status: int = 200
+):
     """Render the checkout page with the one-time token this session's next payment uses."""
     if new_token or not request.session.get(CHECKOUT_TOKEN_SESSION_KEY):
         request.session[CHECKOUT_TOKEN_SESSION_KEY] = secrets.token_urlsafe(24)
@@ -161,7 +167,9 @@ async def checkout(request: HttpRequest) -> HttpResponse:
         return await sync_to_async(_render_checkout)(request, form, status=400)
     token = form.cleaned_data["checkout_token"]
     if not await sync_to_async(_checkout_token_is_current)(request, token):
-        await sync_to_async(messages.error)(request, "This checkout form has expired. Please check your cart and pay again.")
+        await sync_to_async(messages.error)(
+            request, "This checkout form has expired. Please check your cart and pay again."
+        )
         return await sync_to_async(_render_checkout)(request, new_token=True, status=409)
 
     user = await request.auser()

@@ -39,7 +39,9 @@ class Command(BaseCommand):
         parser.add_argument("--customers", type=int, default=3, help="How many customers (default 3).")
         parser.add_argument("--products", type=int, default=len(DEMO_PRODUCTS), help="How many products.")
         parser.add_argument("--stock", type=int, default=None, help="Stock of every product (default: a mix).")
-        parser.add_argument("--password", default=DEFAULT_PASSWORD, help=f"Password of every account (default {DEFAULT_PASSWORD}).")
+        parser.add_argument(
+            "--password", default=DEFAULT_PASSWORD, help=f"Password of every account (default {DEFAULT_PASSWORD})."
+        )
 
     def handle(self, *args, customers, products, stock, password, **options):
         if customers < 0 or products < 0 or (stock is not None and stock < 0):
@@ -61,7 +63,11 @@ class Command(BaseCommand):
             if index < len(DEMO_PRODUCTS):
                 name, price, description = DEMO_PRODUCTS[index]
             else:
-                name, price, description = f"Demo Product {index + 1}", f"{10 + index % 40}.00", "A product for load tests."
+                name, price, description = (
+                    f"Demo Product {index + 1}",
+                    f"{10 + index % 40}.00",
+                    "A product for load tests.",
+                )
             units = stock if stock is not None else DEMO_STOCK_PATTERN[index % len(DEMO_STOCK_PATTERN)]
             _, was_created = Product.objects.get_or_create(
                 slug=slugify(name),
