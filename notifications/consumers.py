@@ -51,6 +51,7 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
     burst = 30
     # Past this many refused messages the client is not a browser tab that misbehaved.
     max_refusals = 100
+    closing = False
 
     async def connect(self):
         user = self.scope.get("user")
@@ -84,9 +85,12 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
         if not hasattr(self, "user_id"):
             return  # An anonymous socket, already being closed.
+        if self.closing:
+            return  # Frames queued behind our close: nothing more to say to this client.
         if not self.rate_limit.take():
             self.refusals += 1
             if self.refusals > self.max_refusals:
+                self.closing = True
                 await self.close(code=CLOSE_FLOODING)
                 return
             await self._error("rate_limited", "Too many messages; slow down.")

@@ -21,7 +21,6 @@ class Notification(models.Model):
 
     class Kind(models.TextChoices):
         ORDER_PLACED = "order_placed", "Order placed"
-        ORDER_PAID = "order_paid", "Order paid"
         ORDER_SHIPPED = "order_shipped", "Order shipped"
         ORDER_DELIVERED = "order_delivered", "Order delivered"
         ORDER_CANCELLED = "order_cancelled", "Order cancelled"

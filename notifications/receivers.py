@@ -12,7 +12,6 @@ from . import services
 from .models import Notification
 
 STATUS_MESSAGES = {
-    "paid": (Notification.Kind.ORDER_PAID, "Order {number} is paid", "Your payment was received."),
     "shipped": (Notification.Kind.ORDER_SHIPPED, "Order {number} has shipped", "It is on its way to you."),
     "delivered": (
         Notification.Kind.ORDER_DELIVERED,

@@ -94,8 +94,9 @@ async def _bounded_group_send(group: str, message: dict, *, what: str) -> bool:
         return True
     except asyncio.TimeoutError:
         logger.warning("Push of %s to %s timed out; it will be replayed on the next connect", what, group)
-    except Exception:
-        logger.exception("Push of %s to %s failed; it will be replayed on the next connect", what, group)
+    except Exception as error:
+        # One line, not a traceback: with Redis down this happens on every order.
+        logger.warning("Push of %s to %s failed (%r); it will be replayed on the next connect", what, group, error)
     return False
 
 

@@ -67,7 +67,7 @@ def assert_not_reloaded(page, url: str) -> None:
     assert page.evaluate("window.__marker") == 1, "the page was reloaded"
 
 
-def test_order_paid_in_one_tab_is_toasted_in_the_other_without_reload(live_daphne, chromium, shopper, make_product):  # noqa: F811
+def test_order_paid_in_one_tab_is_toasted_in_the_other_without_reload(live_daphne, chromium, shopper, make_product):
     product = make_product(name="Teapot", price="30.00", stock=5)
     server = live_daphne()
 
@@ -110,7 +110,7 @@ def test_order_paid_in_one_tab_is_toasted_in_the_other_without_reload(live_daphn
 
 def test_staff_shipping_an_order_in_the_admin_is_toasted_to_the_shopper(
     live_daphne, chromium, shopper, staff, make_product
-):  # noqa: F811
+):
     order = paid_order(shopper, make_product(name="Kettle", price="45.00", stock=3))
     server = live_daphne()
 
@@ -144,7 +144,7 @@ def test_notifications_written_while_the_server_is_down_are_toasted_once_after_r
     live_daphne,
     chromium,
     shopper,
-    make_product,  # noqa: F811
+    make_product,
 ):
     order = paid_order(shopper, make_product(name="Mug", price="8.00", stock=3))
     server = live_daphne()

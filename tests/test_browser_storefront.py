@@ -26,7 +26,7 @@ def orders_of(user) -> list[tuple[str, str]]:
 
 def test_shopper_pays_with_a_good_card_and_a_declined_card_leaves_no_order(
     live_daphne, chromium, shopper, make_product
-):  # noqa: F811
+):
     product = make_product(name="Espresso cup", price="12.50", stock=10)
     server = live_daphne()
 

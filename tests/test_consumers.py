@@ -335,7 +335,7 @@ async def test_anotify_reaches_every_tab_of_the_user(open_socket, shopper, alice
     first_tab = await open_socket(alice_client)
     second_tab = await open_socket(alice_client)
 
-    notification = await services.anotify(recipient=shopper, kind=Notification.Kind.ORDER_PAID, title="Paid")
+    notification = await services.anotify(recipient=shopper, kind=Notification.Kind.ORDER_SHIPPED, title="Shipped")
 
     for tab in (first_tab, second_tab):
         assert (await tab.receive_json_from())["id"] == notification.pk

@@ -133,12 +133,12 @@ def test_notify_in_rolled_back_transaction_leaves_no_row_and_pushes_nothing(
 
 @pytest.mark.django_db(transaction=True)
 async def test_anotify_writes_the_row_and_pushes_from_async_code(shopper, spy_layer, close_worker_thread_connections):
-    notification = await services.anotify(recipient=shopper, kind=Notification.Kind.ORDER_PAID, title="Paid")
+    notification = await services.anotify(recipient=shopper, kind=Notification.Kind.ORDER_SHIPPED, title="Shipped")
 
     async with asyncio.timeout(2):
         while not spy_layer.group_sends:
             await asyncio.sleep(0.01)
-    assert await Notification.objects.filter(recipient=shopper, title="Paid").acount() == 1
+    assert await Notification.objects.filter(recipient=shopper, title="Shipped").acount() == 1
     [(group, message)] = spy_layer.group_sends
     assert group == f"notifications.user.{shopper.pk}"
     assert message["notification"]["id"] == notification.pk
@@ -236,9 +236,9 @@ def test_failing_channel_layer_is_logged_and_not_raised(shopper, settings, caplo
 
     assert Notification.objects.filter(pk=notification.pk).exists()
     [record] = [record for record in caplog.records if record.name == "notifications.services"]
-    assert record.levelno == logging.ERROR
+    assert record.levelno == logging.WARNING
     assert "failed" in record.getMessage()
-    assert isinstance(record.exc_info[1], ConnectionError)
+    assert "ConnectionError" in record.getMessage()
 
 
 # The confirmation email ---------------------------------------------------------------
