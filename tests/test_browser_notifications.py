@@ -128,6 +128,9 @@ def test_staff_shipping_an_order_in_the_admin_is_toasted_to_the_shopper(
 
         shown = shopper_page.wait_for_selector('.toast[data-notification-id]:has-text("shipped")')
         notification_id = int(shown.get_attribute("data-notification-id"))
+        # The open order page follows the change too: status badge and timeline, still no reload.
+        expect(shopper_page.locator("[data-order-status]")).to_have_text("Shipped")
+        expect(shopper_page.locator(".timeline")).to_contain_text("Shipped")
         chromium.screenshot(shopper_page, "toast-shipped")
         assert_not_reloaded(shopper_page, shopper_url)
         expect(shopper_page.locator("[data-unread-count]")).to_have_text(str(in_thread(unread_count, shopper)))

@@ -592,3 +592,16 @@ def test_logout_by_post_signs_out(shopper_client):
     assert response.status_code == 302
     assert "_auth_user_id" not in shopper_client.session
     assert shopper_client.get("/orders/").status_code == 302
+
+
+def test_live_refresh_of_an_order_page_leaves_flash_messages_for_the_next_page(shopper_client, shopper, kettle):
+    order = place_order(shopper, kettle)
+    shopper_client.post("/cart/add/", {"product": kettle.pk, "quantity": 1})  # queues "Added 1 × Kettle..."
+
+    refresh = shopper_client.get(order.get_absolute_url(), headers={"X-Live-Refresh": "1"})
+    page = shopper_client.get(order.get_absolute_url())
+
+    assert refresh.status_code == 200
+    assert 'id="live-order"' in text(refresh)
+    assert "Added 1" not in text(refresh)
+    assert "Added 1" in text(page)

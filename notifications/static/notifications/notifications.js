@@ -161,6 +161,36 @@ function start(config) {
     if (!frame.read) showToast(frame);
     send({ type: "ack", id });
     prependToInbox(frame);
+    refreshLiveRegions(frame.url);
+  }
+
+  // A page showing an order marks its changing part with data-live-url (and an id). When
+  // a notification concerns that URL, fetch the page again and swap the part in, so the
+  // status and timeline follow staff changes without a reload. A burst of notifications
+  // (a replay after reconnect) costs one fetch.
+  let refreshTimer = null;
+  function refreshLiveRegions(url) {
+    const path = sameOriginPath(url);
+    if (!path) return;
+    const regions = [...document.querySelectorAll("[data-live-url][id]")].filter((region) =>
+      path.startsWith(region.dataset.liveUrl),
+    );
+    if (!regions.length) return;
+    clearTimeout(refreshTimer);
+    refreshTimer = setTimeout(async () => {
+      try {
+        // The header tells the page not to consume flash messages meant for the next real page.
+        const response = await fetch(location.href, { headers: { "X-Live-Refresh": "1" }, credentials: "same-origin" });
+        if (!response.ok) return;
+        const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+        regions.forEach((region) => {
+          const replacement = fresh.getElementById(region.id);
+          if (replacement) region.replaceWith(document.importNode(replacement, true));
+        });
+      } catch {
+        // The toast has told the shopper already; the next page load shows the rest.
+      }
+    }, 150);
   }
 
   function setUnread(count) {
