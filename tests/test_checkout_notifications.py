@@ -7,7 +7,6 @@ down or stalls) and the email backend (an SMTP server that hangs up).
 
 import asyncio
 import logging
-import smtplib
 from datetime import date
 from urllib.parse import urlencode
 
@@ -15,31 +14,17 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import HttpCommunicator, WebsocketCommunicator
-from django.core.mail.backends.base import BaseEmailBackend
 from django.test import Client
 
 from notifications import services
 from notifications.models import Notification
 from shop.asgi import application
 from shop.models import Order
+from tests.fakes import BrokenLayer, HangingLayer, use_layer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 EXPIRY = f"12/{(date.today().year + 2) % 100:02d}"
-
-
-class BrokenLayer(InMemoryChannelLayer):
-    """Sockets still connect (group_add works), but every push fails: Redis went down."""
-
-    async def group_send(self, group, message):
-        raise ConnectionError("Redis is down")
-
-
-class HangingLayer(InMemoryChannelLayer):
-    """Every push stalls forever: Redis accepts the connection and never answers."""
-
-    async def group_send(self, group, message):
-        await asyncio.sleep(3600)
 
 
 class GatedLayer(InMemoryChannelLayer):
@@ -54,15 +39,6 @@ class GatedLayer(InMemoryChannelLayer):
         await self.gate.wait()
         await super().group_send(group, message)
         self.pushed.append(group)
-
-
-class BrokenEmailBackend(BaseEmailBackend):
-    def send_messages(self, email_messages):
-        raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
-
-
-def use_layer(settings, layer_class):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": f"{__name__}.{layer_class.__name__}"}}
 
 
 @pytest.fixture(autouse=True)
@@ -157,7 +133,7 @@ def test_checkout_succeeds_when_the_channel_layer_hangs(alice, shopper, settings
 
 
 def test_checkout_succeeds_when_the_email_backend_fails(alice, shopper, settings, caplog, mailoutbox):
-    settings.EMAIL_BACKEND = f"{__name__}.BrokenEmailBackend"
+    settings.EMAIL_BACKEND = "tests.fakes.BrokenEmailBackend"
 
     response = pay_with_approved_card(alice)
     services.wait_for_queued_email()

@@ -1,33 +1,20 @@
 """The notifications admin: staff find notifications and push them again."""
 
 import pytest
-from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.contrib.messages import get_messages
 from django.utils import timezone
 
 from notifications.models import Notification
+from tests.fakes import SpyLayer, use_layer
 
 pytestmark = pytest.mark.django_db
 
 CHANGELIST = "/admin/notifications/notification/"
 
 
-class SpyLayer(InMemoryChannelLayer):
-    """The in-memory layer, remembering every group_send."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.group_sends: list[tuple[str, dict]] = []
-
-    async def group_send(self, group, message):
-        self.group_sends.append((group, message))
-        await super().group_send(group, message)
-
-
 @pytest.fixture(autouse=True)
 def spy_layer(settings):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": f"{__name__}.SpyLayer"}}
-    return get_channel_layer()
+    return use_layer(settings, SpyLayer)
 
 
 @pytest.fixture

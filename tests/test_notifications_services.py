@@ -12,8 +12,6 @@ from datetime import date
 
 import pytest
 from asgiref.sync import async_to_sync
-from channels.layers import InMemoryChannelLayer, get_channel_layer
-from django.core.mail.backends.base import BaseEmailBackend
 from django.db import transaction
 
 from notifications import services
@@ -21,51 +19,14 @@ from notifications.models import Notification
 from shop import services as shop_services
 from shop.models import Order
 from shop.payments import Card, PaymentDeclined
+from tests.fakes import BrokenLayer, HangingLayer, SpyLayer, use_layer
 
 APPROVED_CARD = Card(number="4242424242424242", expiry_month=12, expiry_year=date.today().year + 2, cvc="123")
 DECLINED_CARD = Card(number="4000000000000002", expiry_month=12, expiry_year=date.today().year + 2, cvc="123")
 
 
-class SpyLayer(InMemoryChannelLayer):
-    """The in-memory layer, remembering every group_send."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.group_sends: list[tuple[str, dict]] = []
-
-    async def group_send(self, group, message):
-        self.group_sends.append((group, message))
-        await super().group_send(group, message)
-
-
-class HangingLayer(InMemoryChannelLayer):
-    """A layer whose group_send never returns (a Redis that accepts the connection and then stalls)."""
-
-    async def group_send(self, group, message):
-        await asyncio.sleep(3600)
-
-
-class BrokenLayer(InMemoryChannelLayer):
-    """A layer whose group_send fails (Redis is down)."""
-
-    async def group_send(self, group, message):
-        raise ConnectionError("Redis is down")
-
-
-class BrokenEmailBackend(BaseEmailBackend):
-    """An SMTP server that hangs up."""
-
-    def send_messages(self, email_messages):
-        raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
-
-
 class Rollback(Exception):
     pass
-
-
-def use_layer(settings, layer_class):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": f"{__name__}.{layer_class.__name__}"}}
-    return get_channel_layer()
 
 
 @pytest.fixture
@@ -289,7 +250,7 @@ def test_checkout_rolled_back_by_an_enclosing_transaction_sends_no_email_and_no_
 def test_failing_email_backend_does_not_break_checkout_and_is_logged(
     shopper, make_product, settings, spy_layer, caplog, django_capture_on_commit_callbacks
 ):
-    settings.EMAIL_BACKEND = f"{__name__}.BrokenEmailBackend"
+    settings.EMAIL_BACKEND = "tests.fakes.BrokenEmailBackend"
     fill_cart(shopper, make_product())
 
     with django_capture_on_commit_callbacks(execute=True):
