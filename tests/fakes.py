@@ -44,3 +44,13 @@ def use_layer(settings, layer_class):
     """Make `layer_class` the project's channel layer for this test, and return it."""
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": f"{layer_class.__module__}.{layer_class.__qualname__}"}}
     return get_channel_layer()
+
+
+async def wait_until(condition, *, timeout: float) -> None:
+    """Poll `condition` until it holds; fail the test after `timeout` seconds (Python 3.10 has no asyncio.timeout)."""
+
+    async def poll():
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)

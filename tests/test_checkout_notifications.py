@@ -20,7 +20,7 @@ from notifications import services
 from notifications.models import Notification
 from shop.asgi import application
 from shop.models import Order
-from tests.fakes import BrokenLayer, HangingLayer, use_layer
+from tests.fakes import BrokenLayer, HangingLayer, use_layer, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -187,7 +187,5 @@ async def test_checkout_through_the_asgi_app_answers_before_the_push_is_delivere
     layer = get_channel_layer()
     assert layer.pushed == []  # the order page went out while the push was still waiting
     layer.gate.set()
-    async with asyncio.timeout(5):
-        while not layer.pushed:
-            await asyncio.sleep(0.01)
+    await wait_until(lambda: layer.pushed, timeout=5)
     assert layer.pushed == [f"notifications.user.{shopper.pk}"]

@@ -4,7 +4,6 @@ The channel layer and the email backend are outside the project: tests replace t
 the settings that select them) to watch what is sent and to make them fail or hang.
 """
 
-import asyncio
 import logging
 import secrets
 import smtplib
@@ -19,7 +18,7 @@ from notifications.models import Notification
 from shop import services as shop_services
 from shop.models import Order
 from shop.payments import Card, PaymentDeclined
-from tests.fakes import BrokenLayer, HangingLayer, SpyLayer, use_layer
+from tests.fakes import BrokenLayer, HangingLayer, SpyLayer, use_layer, wait_until
 
 APPROVED_CARD = Card(number="4242424242424242", expiry_month=12, expiry_year=date.today().year + 2, cvc="123")
 DECLINED_CARD = Card(number="4000000000000002", expiry_month=12, expiry_year=date.today().year + 2, cvc="123")
@@ -96,9 +95,7 @@ def test_notify_in_rolled_back_transaction_leaves_no_row_and_pushes_nothing(
 async def test_anotify_writes_the_row_and_pushes_from_async_code(shopper, spy_layer, close_worker_thread_connections):
     notification = await services.anotify(recipient=shopper, kind=Notification.Kind.ORDER_SHIPPED, title="Shipped")
 
-    async with asyncio.timeout(2):
-        while not spy_layer.group_sends:
-            await asyncio.sleep(0.01)
+    await wait_until(lambda: spy_layer.group_sends, timeout=2)
     assert await Notification.objects.filter(recipient=shopper, title="Shipped").acount() == 1
     [(group, message)] = spy_layer.group_sends
     assert group == f"notifications.user.{shopper.pk}"
