@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,7 +168,7 @@ def order_timeline(database_path: Path, usernames: set[str], since: float) -> li
     moments: dict[str, dict[str, float]] = {}
     for username, status, created_at in rows:
         if username in usernames:
-            stamp = datetime.fromisoformat(created_at).replace(tzinfo=UTC).timestamp()
+            stamp = datetime.fromisoformat(created_at).replace(tzinfo=timezone.utc).timestamp()
             moments.setdefault(username, {})[status] = stamp - since
     return [(m["pending"], m.get("paid")) for m in moments.values() if "pending" in m]
 
