@@ -186,7 +186,7 @@ def thread_count(pid: int) -> int | None:
 def push_outcomes(log: str) -> tuple[int, int]:
     """Count pushes the server logged as timed out / failed (lines of the app's own formatter)."""
     lines = [line for line in log.splitlines() if " notifications.services: Push of " in line]
-    return sum("timed out;" in line for line in lines), sum(" failed;" in line for line in lines)
+    return sum("timed out;" in line for line in lines), sum(" failed (" in line for line in lines)
 
 
 def log_in_all(shoppers: list[Shopper], port: int) -> None:
