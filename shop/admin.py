@@ -1,5 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 
 from . import services
 from .models import Order, OrderEvent, OrderLine, Payment, Product
@@ -139,3 +141,28 @@ class PaymentAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class CustomerOrderInline(admin.TabularInline):
+    model = Order
+    fields = ["number", "status", "total", "currency", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    verbose_name_plural = "orders"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+Customer = get_user_model()
+admin.site.unregister(Customer)
+
+
+@admin.register(Customer)
+class CustomerAdmin(UserAdmin):
+    """Django's user admin, with each customer's orders on their page."""
+
+    inlines = [CustomerOrderInline]
+    list_display = [*UserAdmin.list_display, "date_joined", "last_login"]

@@ -324,3 +324,35 @@ def test_change_form_posted_after_another_change_is_refused(staff_client, staff,
     assert "Select a valid choice" in response.context["adminform"].form.errors["status"][0]
     assert statuses(order) == [Order.Status.SHIPPED]
     assert bank.refunds == []
+
+
+def test_a_customers_page_lists_their_orders_read_only(staff_client, shopper, other_shopper, place):
+    order = place()
+
+    page = staff_client.get(f"/admin/auth/user/{shopper.pk}/change/")
+    other_page = staff_client.get(f"/admin/auth/user/{other_shopper.pk}/change/")
+
+    assert page.status_code == 200
+    assert order.number in page.content.decode()
+    assert f"/admin/shop/order/{order.pk}/change/" in page.content.decode()
+    assert order.number not in other_page.content.decode()
+
+
+def test_saving_a_customers_page_keeps_their_orders(staff_client, shopper, place):
+    order = place()
+    url = f"/admin/auth/user/{shopper.pk}/change/"
+    data = change_form_data(staff_client, url)
+    data.update(
+        username=shopper.username,
+        email="alice@new.example",
+        date_joined_0=shopper.date_joined.strftime("%Y-%m-%d"),
+        date_joined_1=shopper.date_joined.strftime("%H:%M:%S"),
+        is_active="on",
+    )
+
+    response = staff_client.post(url, data)
+
+    assert response.status_code == 302, response.context["adminform"].form.errors if response.context else response
+    shopper.refresh_from_db()
+    assert shopper.email == "alice@new.example"
+    assert Order.objects.get(pk=order.pk).user == shopper
