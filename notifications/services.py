@@ -66,7 +66,7 @@ def run_in_background(make_coroutine: Callable[[], Awaitable]) -> None:
         return
     loop = _server_loop
     if loop is not None and loop.is_running() and not loop.is_closed():
-        loop.call_soon_threadsafe(_start_task, loop, make_coroutine, context=contextvars.Context())
+        loop.call_soon_threadsafe(_start_task, loop, make_coroutine)
         return
     async_to_sync(_run_logged)(make_coroutine)
 

@@ -156,7 +156,11 @@ def _checkout_token_is_current(request: HttpRequest, token: str) -> bool:
 
 @login_required
 async def checkout(request: HttpRequest) -> HttpResponse:
-    """Show the checkout, or pay: the shopper waits for the bank, no thread does."""
+    """Show the checkout, or pay: the shopper waits for the bank, no thread does.
+
+    Database work goes through sync_to_async; messages only queue on the request (the
+    middleware stores them), so they are added directly.
+    """
     if request.method == "GET":
         return await sync_to_async(_render_checkout)(request)
     if request.method != "POST":
@@ -167,28 +171,26 @@ async def checkout(request: HttpRequest) -> HttpResponse:
         return await sync_to_async(_render_checkout)(request, form, status=400)
     token = form.cleaned_data["checkout_token"]
     if not await sync_to_async(_checkout_token_is_current)(request, token):
-        await sync_to_async(messages.error)(
-            request, "This checkout form has expired. Please check your cart and pay again."
-        )
+        messages.error(request, "This checkout form has expired. Please check your cart and pay again.")
         return await sync_to_async(_render_checkout)(request, new_token=True, status=409)
 
     user = await request.auser()
     try:
         order = await services.place_order(user=user, checkout_token=token, card=form.card())
     except services.ShopError as error:
-        await sync_to_async(messages.error)(request, error.message)
+        messages.error(request, error.message)
         return redirect("shop:cart")
     except PaymentError as error:
         logger.info("Checkout %s by %s refused: %s", token[:8], user.pk, error.message)
-        await sync_to_async(messages.error)(request, error.message)
+        messages.error(request, error.message)
         # The refused token is spent at the bank: the next attempt gets a fresh one.
         return await sync_to_async(_render_checkout)(request, form, new_token=True, status=402)
 
     await request.session.apop(CHECKOUT_TOKEN_SESSION_KEY, None)
     if order.status == Order.Status.PAID:
-        await sync_to_async(messages.success)(request, f"Thank you! Order {order.number} is paid.")
+        messages.success(request, f"Thank you! Order {order.number} is paid.")
     else:  # A resubmitted form of an order that has moved on since.
-        await sync_to_async(messages.info)(request, f"Order {order.number} is {order.get_status_display().lower()}.")
+        messages.info(request, f"Order {order.number} is {order.get_status_display().lower()}.")
     return redirect(order)
 
 
