@@ -1,0 +1,34 @@
+"""Domain actions of the shop. Each owns its transaction; views, admin and commands call them.
+
+One module a job: cart, checkout, orders (the status pipeline) and stock. Callers import
+the package (`from shop import services`) and use the names below.
+"""
+
+from .cart import add_to_cart, availability_problem, get_cart, merge_carts, remove_from_cart, update_cart_line
+from .checkout import capture_payment, checkout_idempotency_key, place_order, release_reservation, reserve_order
+from .errors import CheckoutExpired, EmptyCart, InvalidTransition, OutOfStock, QuantityNotAllowed, ShopError
+from .orders import ALLOWED_TRANSITIONS, change_order_status, refund_order_payment, transition_problem
+
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "CheckoutExpired",
+    "EmptyCart",
+    "InvalidTransition",
+    "OutOfStock",
+    "QuantityNotAllowed",
+    "ShopError",
+    "add_to_cart",
+    "availability_problem",
+    "capture_payment",
+    "change_order_status",
+    "checkout_idempotency_key",
+    "get_cart",
+    "merge_carts",
+    "place_order",
+    "refund_order_payment",
+    "release_reservation",
+    "remove_from_cart",
+    "reserve_order",
+    "transition_problem",
+    "update_cart_line",
+]

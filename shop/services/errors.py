@@ -1,0 +1,29 @@
+"""Errors of the shop's domain actions. Every message is safe to show the shopper."""
+
+
+class ShopError(Exception):
+    """A request the shop cannot carry out. The message is safe to show the shopper."""
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class OutOfStock(ShopError):
+    pass
+
+
+class QuantityNotAllowed(ShopError):
+    pass
+
+
+class EmptyCart(ShopError):
+    pass
+
+
+class CheckoutExpired(ShopError):
+    pass
+
+
+class InvalidTransition(ShopError):
+    pass
