@@ -171,6 +171,31 @@ try:
 except ValueError as error:
     raise ImproperlyConfigured("SANDBOX_BANK_LATENCY_MS must be a whole number of milliseconds") from error
 
+# The sandbox bank's ledger: a file shared by every process of this machine, so a retry that
+# reaches another daphne process, or comes after a restart, gets the bank's first answer.
+SANDBOX_BANK_LEDGER = os.environ.get("SANDBOX_BANK_LEDGER") or str(BASE_DIR / "sandbox-bank.sqlite3")
+
+
+def env_seconds(name: str, default: float) -> float:
+    """Read a positive number of seconds."""
+    value = os.environ.get(name, "")
+    try:
+        seconds = float(value) if value.strip() else default
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name} must be a number of seconds, not {value!r}") from error
+    if seconds <= 0:
+        raise ImproperlyConfigured(f"{name} must be more than 0 seconds")
+    return seconds
+
+
+# How long the shopper waits for the bank. Past it the order stays PENDING, the shopper is
+# told the payment is being confirmed, and the same bank call goes on in the background for
+# as long again; whatever is still open then is settled by reconciliation.
+PAYMENT_TIMEOUT = env_seconds("PAYMENT_TIMEOUT", 20.0)
+# A PENDING order older than this is asked about at the bank by reconcile_payments (and by
+# the follow-up task every checkout schedules).
+PAYMENT_RECONCILE_AFTER = env_seconds("PAYMENT_RECONCILE_AFTER", 2 * PAYMENT_TIMEOUT + 10)
+
 SHOP_CURRENCY = "EUR"
 SHOP_MAX_QUANTITY_PER_LINE = 20
 

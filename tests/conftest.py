@@ -109,9 +109,13 @@ def in_memory_layer(settings):
 
 
 @pytest.fixture(autouse=True)
-def instant_bank(settings):
-    """The sandbox bank answers at once in tests (tests that study latency set their own)."""
+def instant_bank(settings, tmp_path):
+    """The sandbox bank answers at once in tests (tests that study latency set their own).
+
+    Each test gets a ledger of its own, so no charge of another test (or run) is visible.
+    """
     settings.SANDBOX_BANK_LATENCY_MS = 0
+    settings.SANDBOX_BANK_LEDGER = str(tmp_path / "sandbox-bank.sqlite3")
     payments.get_gateway.cache_clear()
     yield
     payments.get_gateway.cache_clear()

@@ -131,6 +131,8 @@ class LiveDaphne:
             DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", "shop.settings"),
             DATABASE_URL=current_database_url(),
             SANDBOX_BANK_LATENCY_MS=str(self.bank_latency_ms),
+            # The test's own ledger: the server's charges are the ones the test inspects.
+            SANDBOX_BANK_LEDGER=str(settings.SANDBOX_BANK_LEDGER),
             DJANGO_DEBUG="true",
             DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
             # Sessions made by this process (force_login) and by each server must be readable by
