@@ -1,6 +1,50 @@
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
+
+
+class NotificationStreamManager(models.Manager):
+    def claim_next_seq(self, recipient_id: int) -> int:
+        """Lock the recipient's stream and return its next sequence number.
+
+        Runs inside the transaction that writes the notification: the row lock is held until
+        that transaction ends, so a second writer of the same user waits for the commit (or
+        rollback) of the first and its number follows in commit order.
+        """
+        locked = self.select_for_update()
+        stream = locked.filter(pk=recipient_id).first()
+        if stream is None:
+            # The user's first notification. Two first writers at once: the second insert is a
+            # no-op (on PostgreSQL it waits for the first writer's commit), then both lock the row.
+            self.bulk_create([self.model(recipient_id=recipient_id)], ignore_conflicts=True)
+            stream = locked.get(pk=recipient_id)
+        stream.last_seq += 1
+        stream.save(update_fields=["last_seq"])
+        return stream.last_seq
+
+    def last_seq(self, recipient_id: int) -> int:
+        """The newest committed sequence number of the user (0 if none): everything up to it is readable."""
+        return self.filter(pk=recipient_id).values_list("last_seq", flat=True).first() or 0
+
+    async def alast_seq(self, recipient_id: int) -> int:
+        return await self.filter(pk=recipient_id).values_list("last_seq", flat=True).afirst() or 0
+
+
+class NotificationStream(models.Model):
+    """Where one user's notification stream stands: the last sequence number handed out.
+
+    Its row is the per-recipient lock that keeps the numbers gap-free and in commit order.
+    """
+
+    recipient = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="notification_stream"
+    )
+    last_seq = models.PositiveBigIntegerField(default=0)
+
+    objects = NotificationStreamManager()
+
+    def __str__(self):
+        return f"Notification stream of {self.recipient_id} at {self.last_seq}"
 
 
 class NotificationQuerySet(models.QuerySet):
@@ -34,6 +78,9 @@ class Notification(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     delivered_at = models.DateTimeField(null=True, blank=True, help_text="When a browser acknowledged it.")
     read_at = models.DateTimeField(null=True, blank=True)
+    seq = models.PositiveBigIntegerField(
+        editable=False, help_text="Position in the recipient's stream: 1, 2, 3... in commit order."
+    )
 
     objects = NotificationQuerySet.as_manager()
 
@@ -45,9 +92,23 @@ class Notification(models.Model):
             # The unread count on every page.
             models.Index(fields=["recipient"], condition=Q(read_at__isnull=True), name="notification_unread"),
         ]
+        constraints = [
+            # Also the index of replay by sequence.
+            models.UniqueConstraint(fields=["recipient", "seq"], name="notification_recipient_seq"),
+        ]
 
     def __str__(self):
         return f"{self.title} (to {self.recipient})"
+
+    def save(self, *args, **kwargs):
+        # Numbering lives here rather than in notify(): every insert (notify(), the shell, a
+        # fixture) must take its number from the stream, or the stream would get a gap or a twin.
+        if self._state.adding and self.seq is None:
+            with transaction.atomic():
+                self.seq = NotificationStream.objects.claim_next_seq(self.recipient_id)
+                super().save(*args, **kwargs)
+            return
+        super().save(*args, **kwargs)
 
     @property
     def is_read(self) -> bool:
@@ -58,6 +119,7 @@ class Notification(models.Model):
         return {
             "type": "notification",
             "id": self.pk,
+            "seq": self.seq,
             "kind": self.kind,
             "title": self.title,
             "body": self.body,

@@ -155,6 +155,7 @@ async def test_after_in_url_replays_newer_notifications_of_the_user_in_id_order(
     assert frames[0] == {
         "type": "notification",
         "id": first.pk,
+        "seq": first.seq,
         "kind": "order_shipped",
         "title": "For alice",
         "body": "b",

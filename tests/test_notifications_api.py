@@ -53,6 +53,7 @@ def test_list_gives_the_users_notifications_newest_first_with_their_fields(alice
     assert newest == {
         "type": "notification",
         "id": mine[2].pk,
+        "seq": mine[2].seq,
         "kind": "order_shipped",
         "title": "Order 2 has shipped",
         "body": "On its way.",
