@@ -8,13 +8,14 @@ import json
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
+from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 from django.views.generic import ListView
 
 from . import services
 from .consumers import parse_notification_id
-from .models import Notification
+from .models import Notification, NotificationStream
 
 API_PAGE_SIZE = 50
 
@@ -39,12 +40,19 @@ async def _signed_in_user(request: HttpRequest):
 
 @require_GET
 async def api_list(request: HttpRequest) -> JsonResponse:
-    """List the user's notifications newest first, or with ?after=ID those after ID, oldest first."""
+    """List the user's notifications newest first; with ?after_seq=N (or ?after=ID) the newer ones, oldest first."""
     if (user := await _signed_in_user(request)) is None:
         return _error(401, "unauthenticated", "Sign in to see your notifications.")
     mine = Notification.objects.for_user(user)
-    after = request.GET.get("after")
-    if after is not None:
+    # Read before the page: every notification up to it is committed, so a poller that goes on
+    # from the page's last seq misses nothing.
+    last_seq = await NotificationStream.objects.alast_seq(user.pk)
+    after_seq, after = request.GET.get("after_seq"), request.GET.get("after")
+    if after_seq is not None:
+        if (cursor := parse_notification_id(after_seq)) is None:
+            return _error(400, "bad_id", "`after_seq` must be a sequence number (a whole number).")
+        page = mine.filter(seq__gt=cursor).order_by("seq")[:API_PAGE_SIZE]
+    elif after is not None:
         if (after_id := parse_notification_id(after)) is None:
             return _error(400, "bad_id", "`after` must be a notification id (a whole number).")
         page = mine.filter(pk__gt=after_id).order_by("pk")[:API_PAGE_SIZE]
@@ -56,6 +64,7 @@ async def api_list(request: HttpRequest) -> JsonResponse:
             "notifications": notifications,
             "unread": await mine.unread().acount(),
             "has_more": len(notifications) == API_PAGE_SIZE,
+            "last_seq": last_seq,
         }
     )
 
@@ -65,6 +74,19 @@ async def api_unread(request: HttpRequest) -> JsonResponse:
     if (user := await _signed_in_user(request)) is None:
         return _error(401, "unauthenticated", "Sign in to see your notifications.")
     return JsonResponse({"unread": await Notification.objects.for_user(user).unread().acount()})
+
+
+def _local_path(target, request: HttpRequest) -> str | None:
+    """`target` if it is a path on this site, else None.
+
+    redirect() takes anything without "/" or "." for a URL pattern name: `next=foo` would
+    raise NoReverseMatch after the read was saved. Only a path starting with "/" is followed.
+    """
+    if not isinstance(target, str) or not target.startswith("/"):
+        return None
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        return None  # "//evil.example/" and the like.
+    return target
 
 
 def _wants_json(request: HttpRequest) -> bool:
@@ -82,8 +104,8 @@ async def api_read(request: HttpRequest) -> HttpResponse:
     if request.content_type == "application/json":
         try:
             payload = json.loads(request.body or b"{}")
-        except ValueError:
-            return _error(400, "bad_json", "The body is not valid JSON.")
+        except (ValueError, RecursionError):  # RecursionError: nested thousands of levels deep.
+            return _error(400, "bad_json", "The body is not valid JSON (or is nested too deeply).")
         if not isinstance(payload, dict):
             return _error(400, "bad_message", "Send a JSON object with `id` or `all`.")
     else:
@@ -96,8 +118,5 @@ async def api_read(request: HttpRequest) -> HttpResponse:
         if not await services.amark_read(user_id=user.pk, notification_id=notification_id):
             return _error(404, "not_found", f"No notification {notification_id} of yours.")
     if not _wants_json(request):
-        target = payload.get("next", "")
-        if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
-            target = "notifications:inbox"
-        return redirect(target)
+        return redirect(_local_path(payload.get("next"), request) or reverse("notifications:inbox"))
     return JsonResponse({"unread": await Notification.objects.for_user(user).unread().acount()})

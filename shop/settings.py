@@ -202,6 +202,9 @@ SHOP_MAX_QUANTITY_PER_LINE = 20
 # Upper bound on how long a push may take; past it the push is dropped and logged (the
 # notification row stays, and the next connect replays it).
 NOTIFICATIONS_DISPATCH_TIMEOUT = 2.0
+# Upper bound on joining a socket's groups (handshake, heartbeat); past it, or if the layer
+# fails, the socket is closed with 1013 (try again later) and the client backs off.
+NOTIFICATIONS_SUBSCRIBE_TIMEOUT = 5.0
 
 TEST_RUNNER = "shop.test_runner.PytestTestRunner"
 

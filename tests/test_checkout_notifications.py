@@ -99,7 +99,7 @@ def assert_paid_and_replayed(response, shopper, client):
     assert order.number in notification.title
 
     hello, *replayed = frames_on_next_connect(client)
-    assert hello == {"type": "hello", "unread": 1, "last_id": notification.pk}
+    assert hello == {"type": "hello", "unread": 1, "last_id": notification.pk, "last_seq": notification.seq}
     assert [(frame["type"], frame["id"], frame["title"]) for frame in replayed] == [
         ("notification", notification.pk, notification.title)
     ]

@@ -192,4 +192,4 @@ async def test_idle_socket_outlives_the_layers_5_second_blocking_read(open_socke
     notification = await sync_to_async(notify_in_transaction)(shopper, "After a quiet while")
     assert await receive_notification(socket) == notification.pk
     await socket.send_json_to({"type": "ping"})
-    assert await socket.receive_json_from(timeout=5) == {"type": "pong"}
+    assert (await socket.receive_json_from(timeout=5))["type"] == "pong"

@@ -145,7 +145,7 @@ def test_order_paid_on_one_server_is_pushed_to_a_socket_on_the_other(
     # compilation); the second shows the steady push latency.
     seen = asyncio.run(watch_socket_while_paying(server_a, server_b, session_id, fill_cart=fill_cart, rounds=2))
 
-    assert seen["hello"] == {"type": "hello", "unread": 0, "last_id": 0}
+    assert seen["hello"] == {"type": "hello", "unread": 0, "last_id": 0, "last_seq": 0}
     latencies = []
     for count, checkout in enumerate(seen["checkouts"], start=1):
         assert checkout["status"] == 302, f"checkout on B answered {checkout['status']}:\n{server_b.log_tail()}"
