@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint install migrate seed bench clean
+.PHONY: run worker test lint install migrate seed bench clean
 
 $(BIN)/activate: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,14 @@ migrate: install
 seed: migrate
 	$(BIN)/python manage.py seed_demo
 
+# daphne and the task worker (it sends the order emails) side by side; Ctrl-C stops both.
 run: seed
-	@echo "Serving the shop on http://$(HOST):$(PORT)/ (admin at /admin/). Ctrl-C stops it."
-	$(BIN)/daphne -b $(HOST) -p $(PORT) shop.asgi:application
+	@echo "Serving the shop on http://$(HOST):$(PORT)/ (admin at /admin/), with the task worker. Ctrl-C stops both."
+	$(BIN)/python bin/serve.py --host $(HOST) --port $(PORT)
+
+# The task worker alone (e.g. beside daphne processes started some other way).
+worker: migrate
+	$(BIN)/python manage.py db_worker --no-reload
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

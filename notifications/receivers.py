@@ -1,12 +1,9 @@
 """Receivers of the shop's domain signals and of auth's logout, connected in NotificationsConfig.ready().
 
 Shop signals arrive inside the transaction of the order change, so the notification row
-commits or rolls back with it; the push and the email go out only after commit.
+commits or rolls back with it, and so does the confirmation email's task; the push goes
+out only after commit, the email when the task worker runs the task.
 """
-
-from django.conf import settings
-from django.core.mail import EmailMessage
-from django.template.loader import render_to_string
 
 from . import services
 from .models import Notification
@@ -40,17 +37,8 @@ def notify_order_placed(sender, order, **kwargs):
         url=order.get_absolute_url(),
     )
     if order.user.email:
-        body = render_to_string(
-            "notifications/email/order_confirmation.txt", {"order": order, "lines": order.lines.all()}
-        )
-        services.queue_email(
-            EmailMessage(
-                subject=f"Your order {order.number} is confirmed",
-                body=body,
-                from_email=settings.DEFAULT_FROM_EMAIL,
-                to=[order.user.email],
-            )
-        )
+        # A task row in this same transaction: the email commits or rolls back with the order.
+        services.queue_order_confirmation(order_id=order.pk)
 
 
 def notify_order_status_changed(sender, order, previous_status, actor=None, **kwargs):
@@ -71,3 +59,12 @@ def close_sockets_on_logout(sender, request, user, **kwargs):
     session_key = getattr(getattr(request, "session", None), "session_key", None)
     if session_key:
         services.close_session_sockets(session_key)
+
+
+def recheck_sockets_on_user_change(sender, instance, created=False, raw=False, update_fields=None, **kwargs):
+    """A saved user may have a new password or be deactivated: their sockets check their sessions."""
+    if created or raw:
+        return  # A new user has no socket; fixtures being loaded are not a change.
+    if update_fields is not None and set(update_fields) <= {"last_login"}:
+        return  # Every login saves last_login alone: nothing about existing sessions changed.
+    services.recheck_user_sockets(instance.pk)

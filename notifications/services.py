@@ -11,23 +11,20 @@ import contextvars
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.core.mail import EmailMessage
 from django.db import transaction
 from django.utils import timezone
 
+from . import tasks
 from .models import Notification
 
 logger = logging.getLogger(__name__)
 
 _server_loop: asyncio.AbstractEventLoop | None = None
 _background_tasks: set = set()
-# Sends confirmation emails off the request path (SMTP may be slow or down), one at a time, in order.
-_mail_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="order-mail")
 
 
 def user_group(user_id: int) -> str:
@@ -177,18 +174,25 @@ def close_session_sockets(session_key: str) -> None:
     )
 
 
-def queue_email(message: EmailMessage) -> None:
-    """Send an email from a worker thread once the transaction commits; failures are logged."""
-    transaction.on_commit(lambda: _mail_executor.submit(_send_quietly, message), robust=True)
+def recheck_user_sockets(user_id: int) -> None:
+    """Once the current transaction commits, make every socket of a user re-validate its session.
+
+    Sent when the user's row changes: a new password or a deactivation invalidates sessions,
+    and their sockets must close now, not at their next heartbeat.
+    """
+    transaction.on_commit(
+        lambda: run_in_background(
+            lambda: _bounded_group_send(user_group(user_id), {"type": "session.recheck"}, what="session recheck")
+        ),
+        robust=True,
+    )
 
 
-def _send_quietly(message: EmailMessage) -> None:
-    try:
-        message.send()
-    except Exception:
-        logger.exception("Could not send email %r to %s", message.subject, ", ".join(message.to))
+def queue_order_confirmation(*, order_id: int) -> None:
+    """Enqueue the order's confirmation email in the caller's transaction.
 
-
-def wait_for_queued_email(timeout: float = 5.0) -> None:
-    """Block until emails queued so far have been handed to the backend (for tests and commands)."""
-    _mail_executor.submit(lambda: None).result(timeout=timeout)
+    The task backend writes its row at once, not on commit: the email commits or rolls back
+    with the order, and once committed no crash or restart can lose it. The task worker
+    sends it (and retries a failing mail server); the request never waits for the mail server.
+    """
+    tasks.send_order_confirmation.enqueue(order_id=order_id, attempt=1)

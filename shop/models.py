@@ -44,6 +44,27 @@ class Product(models.Model):
     def __str__(self):
         return self.name
 
+    def save(self, **kwargs):
+        """Save the product; on an existing row, every field but `stock`.
+
+        Stock changes only through shop.services.stock, as a delta under the row lock. A
+        full-row UPDATE from an instance loaded earlier (an admin page, a shell, a form)
+        would write back the stock it read, undoing every sale made since: so an existing
+        row's UPDATE leaves `stock` out. A new product may still be created with stock.
+        """
+        if not self._state.adding and self.pk is not None:
+            update_fields = kwargs.get("update_fields")
+            if update_fields is None:
+                deferred = self.get_deferred_fields()  # As Django does: fields not loaded are not saved.
+                kwargs["update_fields"] = [
+                    field.name
+                    for field in self._meta.concrete_fields
+                    if not field.primary_key and field.name != "stock" and field.attname not in deferred
+                ]
+            elif "stock" in update_fields:
+                raise ValueError("Product stock changes only through shop.services.stock, never through save().")
+        super().save(**kwargs)
+
     def get_absolute_url(self):
         return reverse("shop:product", kwargs={"slug": self.slug})
 
@@ -215,3 +236,43 @@ class OrderEvent(models.Model):
 
     def __str__(self):
         return f"{self.order.number}: {self.from_status or '-'} -> {self.to_status}"
+
+
+class StockMovement(models.Model):
+    """One change of a product's stock: who moved how many units, why, and what was left.
+
+    Written by shop.services.stock under the product's row lock, in the same transaction
+    as the change, so `stock_after` is exact and a product's movements in pk order chain up.
+    """
+
+    class Reason(models.TextChoices):
+        RECEIVED = "received", "Received"
+        WRITTEN_OFF = "written_off", "Written off"
+        CORRECTION = "correction", "Count correction"
+        SOLD = "sold", "Sold"
+        RETURNED = "returned", "Returned"
+
+    # PROTECT: a product with a stock history is deactivated, not deleted, so the history stays whole.
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="stock_movements")
+    delta = models.IntegerField(help_text="Units added (positive) or taken out (negative).")
+    reason = models.CharField(max_length=16, choices=Reason.choices, db_index=True)
+    stock_after = models.PositiveIntegerField(help_text="The product's stock right after this movement.")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Sales and returns name their order. A refused payment deletes its pending order; the
+    # movements stay (with the order's number in the note) so the history still adds up.
+    order = models.ForeignKey(Order, null=True, blank=True, on_delete=models.SET_NULL, related_name="stock_movements")
+    note = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(condition=~Q(delta=0), name="stock_movement_delta_not_zero"),
+            models.CheckConstraint(condition=Q(stock_after__gte=0), name="stock_movement_stock_after_not_negative"),
+        ]
+        indexes = [models.Index(fields=["product", "-created_at"], name="stock_movement_product_recent")]
+
+    def __str__(self):
+        return f"{self.delta:+d} {self.product} ({self.get_reason_display().lower()})"

@@ -164,6 +164,25 @@ MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
 EMAIL_BACKEND = os.environ.get("DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "shop@example.com")
+# Django's SMTP backend waits forever by default: a mail server that accepts the connection
+# and never answers would stall the task worker, and every task queued behind the email.
+EMAIL_TIMEOUT = 10
+
+# Background tasks: Django's Tasks API (on 5.2 the django-tasks backport) with its database
+# backend. A task is a row in this database, written in the caller's transaction (so it
+# commits or rolls back with the order that enqueued it) and kept through crashes, restarts
+# and deploys until a worker runs it: `python manage.py db_worker` (`make worker`; `make run`
+# starts one beside daphne). One backend for every task of the project.
+INSTALLED_APPS += ["django_tasks", "django_tasks_db"]
+TASKS = {
+    "default": {
+        "BACKEND": "django_tasks_db.DatabaseBackend",
+        # One queue, the one db_worker serves by default. Retries wait in the table (run_after),
+        # not in the worker, so a failing mail server holds up no other task. A new queue needs
+        # a worker that serves it (db_worker --queue-name).
+        "QUEUES": ["default"],
+    }
+}
 
 PAYMENT_GATEWAY = os.environ.get("PAYMENT_GATEWAY", "shop.payments.SandboxBank")
 try:

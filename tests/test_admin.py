@@ -107,23 +107,35 @@ def test_orders_cannot_be_added_or_deleted_in_the_admin(staff_client, place):
     assert Order.objects.filter(pk=order.pk).exists()
 
 
-def test_staff_edit_stock_from_the_product_changelist(staff_client, kettle):
+def test_staff_edit_price_and_correct_stock_from_the_product_page(staff_client, kettle):
+    url = f"/admin/shop/product/{kettle.pk}/change/"
     response = staff_client.post(
-        f"/admin/shop/product/{kettle.pk}/change/",
-        {"name": "Kettle", "slug": kettle.slug, "description": "", "price": "26.00", "stock": "3", "is_active": "on"},
+        url,
+        {
+            **change_form_data(staff_client, url),
+            **{"name": "Kettle", "slug": kettle.slug, "description": "", "price": "26.00", "is_active": "on"},
+            **{"stock_change": "-7", "stock_reason": "correction", "stock_note": "Counted 3"},
+        },
     )
     assert response.status_code == 302
     kettle.refresh_from_db()
     assert (kettle.price, kettle.stock) == (Decimal("26.00"), 3)
 
 
-def test_negative_stock_is_a_form_error(staff_client, kettle):
+def test_removing_more_units_than_in_stock_is_a_form_error(staff_client, kettle):
+    url = f"/admin/shop/product/{kettle.pk}/change/"
     response = staff_client.post(
-        f"/admin/shop/product/{kettle.pk}/change/",
-        {"name": "Kettle", "slug": kettle.slug, "description": "", "price": "25.00", "stock": "-1", "is_active": "on"},
+        url,
+        {
+            **change_form_data(staff_client, url),
+            **{"name": "Kettle", "slug": kettle.slug, "description": "", "price": "25.00", "is_active": "on"},
+            **{"stock_change": "-11", "stock_reason": "written_off"},
+        },
     )
     assert response.status_code == 200
-    assert response.context["adminform"].form.errors["stock"]
+    assert response.context["adminform"].form.errors["stock_change"] == [
+        "Cannot remove 11 units of Kettle: only 10 in stock."
+    ]
     assert Product.objects.get(pk=kettle.pk).stock == 10
 
 

@@ -407,3 +407,125 @@ def test_every_page_tells_the_socket_client_the_newest_seq_it_accounts_for(clien
 
     assert response.status_code == 200
     assert response.context["notifications_config"]["last_seq"] == 2
+
+
+# Sessions that are no longer valid ----------------------------------------------------------
+
+
+def session_of(client: Client):
+    from django.contrib.sessions.models import Session
+
+    return Session.objects.filter(session_key=client.cookies["sessionid"].value)
+
+
+async def assert_closed_signed_out(communicator):
+    assert await communicator.receive_output() == {"type": "websocket.close", "code": 4401}
+
+
+def change_password(user, password: str = "a-brand-new-password-456"):
+    user.set_password(password)
+    user.save()
+
+
+def deactivate(user):
+    user.is_active = False
+    user.save()
+
+
+@pytest.mark.django_db(transaction=True)
+@socket_tests
+@pytest.mark.parametrize("change", [change_password, deactivate], ids=["password-changed", "user-deactivated"])
+async def test_changing_the_user_closes_the_sockets_of_sessions_it_invalidates_at_once(
+    change, open_socket, shopper, alice_client
+):
+    other_device = await open_socket(await sync_to_async(log_in)(shopper))
+    communicator = await open_socket(alice_client)
+
+    await sync_to_async(change)(shopper)
+
+    # Told by the user's row change, before any heartbeat.
+    await assert_closed_signed_out(communicator)
+    await assert_closed_signed_out(other_device)
+
+
+@pytest.mark.django_db(transaction=True)
+@socket_tests
+@pytest.mark.parametrize("change", [change_password, deactivate], ids=["password-changed", "user-deactivated"])
+async def test_a_ping_closes_the_socket_of_a_session_no_longer_valid_even_if_the_change_was_not_pushed(
+    change, open_socket, shopper, alice_client, monkeypatch
+):
+    communicator = await open_socket(alice_client)
+    monkeypatch.setattr(services, "recheck_user_sockets", lambda user_id: None)  # the push got lost
+    await sync_to_async(change)(shopper)
+    assert await communicator.receive_nothing()
+
+    await communicator.send_json_to({"type": "ping"})
+
+    await assert_closed_signed_out(communicator)
+
+
+@pytest.mark.django_db(transaction=True)
+@socket_tests
+async def test_a_ping_closes_the_socket_of_an_expired_session(open_socket, alice_client):
+    from django.utils import timezone
+
+    communicator = await open_socket(alice_client)
+    await sync_to_async(lambda: session_of(alice_client).update(expire_date=timezone.now()))()
+
+    await communicator.send_json_to({"type": "ping"})
+
+    await assert_closed_signed_out(communicator)
+
+
+@pytest.mark.django_db(transaction=True)
+@socket_tests
+async def test_a_ping_closes_the_socket_of_a_deleted_session(open_socket, shopper, alice_client):
+    other_device = await open_socket(await sync_to_async(log_in)(shopper))
+    communicator = await open_socket(alice_client)
+    await sync_to_async(lambda: session_of(alice_client).delete())()
+
+    await communicator.send_json_to({"type": "ping"})
+    await other_device.send_json_to({"type": "ping"})
+
+    await assert_closed_signed_out(communicator)
+    assert (await other_device.receive_json_from())["type"] == "pong"
+
+
+@pytest.mark.django_db(transaction=True)
+@socket_tests
+async def test_changing_the_password_keeps_the_socket_of_the_session_that_changed_it(
+    open_socket, shopper, alice_client
+):
+    """Django's password change view keeps its own session valid (update_session_auth_hash)."""
+    other_device = await open_socket(await sync_to_async(log_in)(shopper))
+    communicator = await open_socket(alice_client)
+
+    def change_password_as_the_view_does():
+        from django.contrib.auth import HASH_SESSION_KEY
+        from django.contrib.sessions.backends.db import SessionStore
+
+        change_password(shopper)
+        session = SessionStore(session_key=alice_client.cookies["sessionid"].value)
+        session[HASH_SESSION_KEY] = shopper.get_session_auth_hash()
+        session.save()
+
+    await sync_to_async(change_password_as_the_view_does)()
+
+    await assert_closed_signed_out(other_device)
+    await communicator.send_json_to({"type": "ping"})
+    assert (await communicator.receive_json_from())["type"] == "pong"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("close_worker_thread_connections")
+async def test_a_login_elsewhere_does_not_make_every_socket_recheck(shopper, settings):
+    """Every login saves last_login alone: that changes nothing about existing sessions."""
+    from tests.fakes import SpyLayer, use_layer
+
+    layer = use_layer(settings, SpyLayer)
+
+    await sync_to_async(log_in)(shopper)
+    await sync_to_async(change_password)(shopper)
+
+    rechecks = [message for _, message in layer.group_sends if message["type"] == "session.recheck"]
+    assert len(rechecks) == 1

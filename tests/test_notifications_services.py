@@ -1,4 +1,4 @@
-"""notifications.services: the row commits with the change, the push and the email follow the commit.
+"""notifications.services: the row and the email's task commit with the change, the push follows the commit.
 
 The channel layer and the email backend are outside the project: tests replace them (through
 the settings that select them) to watch what is sent and to make them fail or hang.
@@ -12,13 +12,15 @@ from datetime import date
 import pytest
 from asgiref.sync import async_to_sync
 from django.db import transaction
+from django_tasks_db.models import DBTaskResult
 
-from notifications import services
+from notifications import services, tasks
 from notifications.models import Notification
 from shop import services as shop_services
 from shop.models import Order
 from shop.payments import Card, PaymentDeclined
 from tests.fakes import BrokenLayer, HangingLayer, SpyLayer, use_layer, wait_until
+from tests.worker import run_worker
 
 APPROVED_CARD = Card(number="4242424242424242", expiry_month=12, expiry_year=date.today().year + 2, cvc="123")
 DECLINED_CARD = Card(number="4000000000000002", expiry_month=12, expiry_year=date.today().year + 2, cvc="123")
@@ -33,20 +35,16 @@ def spy_layer(settings):
     return use_layer(settings, SpyLayer)
 
 
-@pytest.fixture(autouse=True)
-def no_mail_in_flight():
-    """Let the emails of earlier tests reach the backend before this test looks at the outbox."""
-    services.wait_for_queued_email()
-    yield
-    services.wait_for_queued_email()
-
-
 def fill_cart(user, product, quantity=1):
     shop_services.add_to_cart(cart=shop_services.get_cart(user=user, create=True), product=product, quantity=quantity)
 
 
 def pay(user, card=APPROVED_CARD) -> Order:
     return async_to_sync(shop_services.place_order)(user=user, checkout_token=secrets.token_urlsafe(24), card=card)
+
+
+def email_tasks():
+    return DBTaskResult.objects.filter(task_path=tasks.send_order_confirmation.module_path)
 
 
 def notify_shopper(user, title="Hello"):
@@ -130,9 +128,9 @@ def test_declined_checkout_creates_no_notification_and_pushes_nothing(
     with django_capture_on_commit_callbacks(execute=True), pytest.raises(PaymentDeclined):
         pay(shopper, DECLINED_CARD)
 
-    services.wait_for_queued_email()
     assert not Notification.objects.exists()
     assert spy_layer.group_sends == []
+    assert not email_tasks().exists()  # no confirmation email to send, ever
     assert mailoutbox == []
 
 
@@ -202,19 +200,29 @@ def test_failing_channel_layer_is_logged_and_not_raised(shopper, settings, caplo
 # The confirmation email ---------------------------------------------------------------
 
 
-def test_order_confirmation_email_is_sent_only_after_commit(
+def test_order_confirmation_email_is_a_task_of_the_order_transaction_not_sent_on_commit(
     shopper, make_product, mailoutbox, django_capture_on_commit_callbacks
 ):
     fill_cart(shopper, make_product(name="Kettle", price="12.50"), quantity=2)
 
     with django_capture_on_commit_callbacks() as callbacks:
         order = pay(shopper)
-    services.wait_for_queued_email()
-    assert mailoutbox == []  # the transaction has not committed yet
+        assert email_tasks().count() == 1  # written with the order, before any commit
 
     for callback in callbacks:
         callback()
-    services.wait_for_queued_email()
+    assert mailoutbox == []  # nothing on commit sends it: the task worker does
+
+    [task] = email_tasks()
+    assert task.args_kwargs["kwargs"] == {"order_id": order.pk, "attempt": 1}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_sends_the_order_confirmation_email_once_committed(shopper, make_product, mailoutbox):
+    fill_cart(shopper, make_product(name="Kettle", price="12.50"), quantity=2)
+    order = pay(shopper)
+
+    run_worker()
 
     [email] = mailoutbox
     assert email.to == [shopper.email]
@@ -234,8 +242,8 @@ def test_checkout_rolled_back_by_an_enclosing_transaction_sends_no_email_and_no_
             pay(shopper)
             raise Rollback
 
-    services.wait_for_queued_email()
     assert callbacks == []
+    assert not email_tasks().exists()
     assert mailoutbox == []
     assert spy_layer.group_sends == []
     assert not Notification.objects.exists()
@@ -244,20 +252,22 @@ def test_checkout_rolled_back_by_an_enclosing_transaction_sends_no_email_and_no_
     assert product.stock == 5
 
 
+@pytest.mark.django_db(transaction=True)
 def test_failing_email_backend_does_not_break_checkout_and_is_logged(
-    shopper, make_product, settings, spy_layer, caplog, django_capture_on_commit_callbacks
+    shopper, make_product, settings, spy_layer, caplog, mailoutbox
 ):
     settings.EMAIL_BACKEND = "tests.fakes.BrokenEmailBackend"
     fill_cart(shopper, make_product())
 
-    with django_capture_on_commit_callbacks(execute=True):
-        order = pay(shopper)
-    services.wait_for_queued_email()
+    order = pay(shopper)
+    run_worker()
 
     assert order.status == Order.Status.PAID
     assert Notification.objects.filter(recipient=shopper, kind="order_placed").count() == 1
     assert len(spy_layer.group_sends) == 1
-    [record] = [record for record in caplog.records if "Could not send email" in record.getMessage()]
-    assert record.levelno == logging.ERROR
+    assert mailoutbox == []
+    [record] = [record for record in caplog.records if "Could not send the confirmation" in record.getMessage()]
+    assert record.levelno == logging.WARNING  # one line; the retry is already scheduled
     assert order.number in record.getMessage()
-    assert isinstance(record.exc_info[1], smtplib.SMTPServerDisconnected)
+    assert repr(smtplib.SMTPServerDisconnected("Connection unexpectedly closed")) in record.getMessage()
+    assert email_tasks().filter(status="READY").count() == 1

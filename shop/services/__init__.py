@@ -6,29 +6,62 @@ the package (`from shop import services`) and use the names below.
 
 from .cart import add_to_cart, availability_problem, get_cart, merge_carts, remove_from_cart, update_cart_line
 from .checkout import capture_payment, checkout_idempotency_key, place_order, release_reservation, reserve_order
-from .errors import CheckoutExpired, EmptyCart, InvalidTransition, OutOfStock, QuantityNotAllowed, ShopError
+from .errors import (
+    CheckoutExpired,
+    EmptyCart,
+    InsufficientStock,
+    InvalidStockChange,
+    InvalidTransition,
+    OutOfStock,
+    QuantityNotAllowed,
+    ShopError,
+)
 from .orders import ALLOWED_TRANSITIONS, change_order_status, refund_order_payment, transition_problem
+from .stock import (
+    MAX_STOCK,
+    STAFF_REASONS,
+    adjust_stock,
+    correct_stock,
+    receive_stock,
+    receive_stock_batch,
+    return_order_stock,
+    stock_change_problem,
+    take_order_stock,
+    write_off_stock,
+)
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
     "CheckoutExpired",
     "EmptyCart",
+    "InsufficientStock",
+    "InvalidStockChange",
     "InvalidTransition",
+    "MAX_STOCK",
     "OutOfStock",
     "QuantityNotAllowed",
+    "STAFF_REASONS",
     "ShopError",
     "add_to_cart",
+    "adjust_stock",
     "availability_problem",
     "capture_payment",
     "change_order_status",
     "checkout_idempotency_key",
+    "correct_stock",
     "get_cart",
     "merge_carts",
     "place_order",
+    "receive_stock",
+    "receive_stock_batch",
     "refund_order_payment",
     "release_reservation",
     "remove_from_cart",
     "reserve_order",
+    "return_order_stock",
+    "stock_change_problem",
+    "take_order_stock",
     "transition_problem",
     "update_cart_line",
+    "write_off_stock",
 ]

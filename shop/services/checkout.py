@@ -18,7 +18,7 @@ from ..signals import order_placed
 from .cart import availability_problem
 from .errors import CheckoutExpired, EmptyCart, OutOfStock
 from .orders import record_status, refund_order_payment
-from .stock import return_order_stock
+from .stock import return_order_stock, take_order_stock
 
 logger = logging.getLogger(__name__)
 
@@ -115,9 +115,7 @@ def reserve_order(*, user, checkout_token: str) -> Order:
             )
             for line in lines
         )
-        for line in lines:
-            products[line.product_id].stock -= line.quantity
-        Product.objects.bulk_update(products.values(), ["stock"])
+        take_order_stock(order=order)
         OrderEvent.objects.create(
             order=order, to_status=Order.Status.PENDING, message="Stock reserved; awaiting the bank."
         )

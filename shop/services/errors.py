@@ -13,6 +13,14 @@ class OutOfStock(ShopError):
     pass
 
 
+class InsufficientStock(OutOfStock):
+    """A stock change would leave fewer than zero units."""
+
+
+class InvalidStockChange(ShopError):
+    """A stock change that makes no sense: zero units, the wrong sign for its reason, too many."""
+
+
 class QuantityNotAllowed(ShopError):
     pass
 
