@@ -45,6 +45,9 @@ def notify_order_status_changed(sender, order, previous_status, actor=None, **kw
     if order.status not in STATUS_MESSAGES:
         return
     kind, title, body = STATUS_MESSAGES[order.status]
+    if previous_status == "pending":
+        # The bank never took the money (a payment that timed out, settled by reconciliation).
+        title, body = "Order {number} was not paid", "Your payment did not go through, so nothing was charged."
     values = {"number": order.number, "total": order.total, "currency": order.currency}
     services.notify(
         recipient=order.user,

@@ -33,6 +33,30 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()] or default
 
 
+def env_int(name: str, default: int) -> int:
+    """Read a positive whole number."""
+    value = os.environ.get(name, "")
+    try:
+        number = int(value) if value.strip() else default
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name} must be a whole number, not {value!r}") from error
+    if number < 1:
+        raise ImproperlyConfigured(f"{name} must be 1 or more")
+    return number
+
+
+def env_seconds(name: str, default: float) -> float:
+    """Read a positive number of seconds."""
+    value = os.environ.get(name, "")
+    try:
+        seconds = float(value) if value.strip() else default
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name} must be a number of seconds, not {value!r}") from error
+    if seconds <= 0:
+        raise ImproperlyConfigured(f"{name} must be more than 0 seconds")
+    return seconds
+
+
 DEBUG = env_bool("DJANGO_DEBUG", True)
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
@@ -115,19 +139,54 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
     if env_bool("DATABASE_POOL", False):
-        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = True
+        # psycopg's pool, one per process. The checkout hands its connection back before it
+        # awaits the bank, so a connection is held only for a transaction's few milliseconds:
+        # a small pool serves hundreds of concurrent checkouts. Size it so that every
+        # process's max_size together stays under PostgreSQL's max_connections (default 100,
+        # a few kept for superusers). A request that finds the pool empty waits up to
+        # `timeout` seconds, then fails rather than queue forever. Health checks make the pool
+        # test each connection as it leaves the pool (psycopg's check_connection), so one
+        # broken by a PostgreSQL restart is replaced instead of failing the request that got it.
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env_int("DATABASE_POOL_MIN_SIZE", 2),
+            "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20),
+            "timeout": env_seconds("DATABASE_POOL_TIMEOUT", 10.0),
+        }
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                # redis-py 8 times out idle reads after 5 s by default, while the layer blocks
-                # in BZPOPMIN for 5 s: explicit timeouts keep idle consumers alive.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 10, "socket_connect_timeout": 5}],
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        # redis-py 8 times out idle reads after 5 s by default, while the layer
+                        # blocks in BZPOPMIN for 5 s: explicit timeouts keep idle consumers alive.
+                        "socket_timeout": 10,
+                        "socket_connect_timeout": 5,
+                        # After a Redis restart every pooled connection is dead and its next
+                        # command fails: the push it carried was lost, and each socket's blocking
+                        # read died with it. Retry a command that fails on its connection on a
+                        # fresh one (0.2 + 0.4 + 0.8 s, within the 2 s dispatch timeout), and PING a
+                        # connection idle for 15 s before using it.
+                        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), 3),
+                        "health_check_interval": 15,
+                        # redis-py's pool holds at most 100 connections per process and fails the
+                        # next command at once (no waiting): 11 of 10,000 concurrent handshakes
+                        # answered 500. Commands hold a connection for a round trip only, so this
+                        # covers bursts of thousands of handshakes; Redis accepts 10,000 clients
+                        # by default, enough for several daphne processes at this size.
+                        "max_connections": 1000,
+                    }
+                ],
                 # The default (100) is shared by every socket of a process; over it group_send
                 # drops silently. The outbox replay covers any drop that still happens.
                 "capacity": 10000,
@@ -193,18 +252,6 @@ except ValueError as error:
 # The sandbox bank's ledger: a file shared by every process of this machine, so a retry that
 # reaches another daphne process, or comes after a restart, gets the bank's first answer.
 SANDBOX_BANK_LEDGER = os.environ.get("SANDBOX_BANK_LEDGER") or str(BASE_DIR / "sandbox-bank.sqlite3")
-
-
-def env_seconds(name: str, default: float) -> float:
-    """Read a positive number of seconds."""
-    value = os.environ.get(name, "")
-    try:
-        seconds = float(value) if value.strip() else default
-    except ValueError as error:
-        raise ImproperlyConfigured(f"{name} must be a number of seconds, not {value!r}") from error
-    if seconds <= 0:
-        raise ImproperlyConfigured(f"{name} must be more than 0 seconds")
-    return seconds
 
 
 # How long the shopper waits for the bank. Past it the order stays PENDING, the shopper is

@@ -1,8 +1,13 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, register_converter
 
 from . import views
+from .converters import OrderNumberConverter
+
+# An order number is letters and digits: anything else ("%00", which PostgreSQL refuses in
+# a query) is a 404 before any query runs.
+register_converter(OrderNumberConverter, "order_number")
 
 storefront_patterns = [
     path("", views.CatalogView.as_view(), name="catalog"),
@@ -13,7 +18,7 @@ storefront_patterns = [
     path("cart/remove/", views.cart_remove, name="cart_remove"),
     path("checkout/", views.checkout, name="checkout"),
     path("orders/", views.OrderListView.as_view(), name="orders"),
-    path("orders/<str:number>/", views.OrderDetailView.as_view(), name="order"),
+    path("orders/<order_number:number>/", views.OrderDetailView.as_view(), name="order"),
 ]
 
 urlpatterns = [

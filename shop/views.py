@@ -6,10 +6,9 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.mixins import LoginRequiredMixin
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 from django.views.generic import DetailView, FormView, ListView
 
@@ -18,10 +17,12 @@ from .forms import CartLineForm, CartRemoveForm, CartUpdateForm, CheckoutForm, S
 from .models import Order, Product
 from .payments import PaymentError
 from .receivers import SESSION_CART_KEY
+from .redirects import local_redirect_target
 
 logger = logging.getLogger(__name__)
 
 CHECKOUT_TOKEN_SESSION_KEY = "checkout_token"
+CHECKOUT_FINGERPRINT_SESSION_KEY = "checkout_cart"
 
 
 class CatalogView(ListView):
@@ -53,12 +54,7 @@ def _shopper_cart(request: HttpRequest, *, create: bool = False):
 
 
 def _redirect_back(request: HttpRequest, fallback: str) -> HttpResponse:
-    target = request.POST.get("next", "")
-    if not url_has_allowed_host_and_scheme(
-        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-    ):
-        target = fallback
-    return redirect(target)
+    return HttpResponseRedirect(local_redirect_target(request, request.POST.get("next", ""), fallback=fallback))
 
 
 def cart_detail(request: HttpRequest) -> HttpResponse:
@@ -133,17 +129,38 @@ def cart_remove(request: HttpRequest) -> HttpResponse:
 def _render_checkout(
     request: HttpRequest, form: CheckoutForm | None = None, *, new_token: bool = False, status: int = 200
 ):
-    """Render the checkout page with the one-time token this session's next payment uses."""
-    if new_token or not request.session.get(CHECKOUT_TOKEN_SESSION_KEY):
-        request.session[CHECKOUT_TOKEN_SESSION_KEY] = secrets.token_urlsafe(24)
-    token = request.session[CHECKOUT_TOKEN_SESSION_KEY]
-    form = CheckoutForm() if form is None else form
+    """Render the checkout page with the one-time token this session's next payment uses.
+
+    The token is bound to the cart the page shows (its fingerprint): when the cart changes,
+    the page gets a new token, and a form rendered for the old cart can no longer pay, so
+    the amount charged is always the amount on the page that was submitted.
+    """
     cart = services.get_cart(user=request.user)
     lines = list(cart.lines_with_products()) if cart else []
     if not lines:
         messages.info(request, "Your cart is empty.")
         return redirect("shop:catalog")
-    context = {"form": form, "cart": cart, "lines": lines, "checkout_token": token}
+    shown = services.cart_fingerprint(cart)
+    if (
+        new_token
+        or not request.session.get(CHECKOUT_TOKEN_SESSION_KEY)
+        or request.session.get(CHECKOUT_FINGERPRINT_SESSION_KEY) != shown
+    ):
+        request.session[CHECKOUT_TOKEN_SESSION_KEY] = secrets.token_urlsafe(24)
+        request.session[CHECKOUT_FINGERPRINT_SESSION_KEY] = shown
+    line_problems = {
+        line.pk: problem
+        for line in lines
+        if (problem := services.availability_problem(product=line.product, quantity=line.quantity))
+    }
+    context = {
+        "form": CheckoutForm() if form is None else form,
+        "cart": cart,
+        "lines": [(line, line_problems.get(line.pk)) for line in lines],
+        "has_problems": bool(line_problems),
+        "payment_in_progress": Order.objects.for_user(request.user).filter(status=Order.Status.PENDING).first(),
+        "checkout_token": request.session[CHECKOUT_TOKEN_SESSION_KEY],
+    }
     return render(request, "shop/checkout.html", context, status=status)
 
 
@@ -173,10 +190,26 @@ async def checkout(request: HttpRequest) -> HttpResponse:
     if not await sync_to_async(_checkout_token_is_current)(request, token):
         messages.error(request, "This checkout form has expired. Please check your cart and pay again.")
         return await sync_to_async(_render_checkout)(request, new_token=True, status=409)
+    # The cart this session's page showed; None for a resubmission of an earlier checkout,
+    # which can only find its own order.
+    shown = await request.session.aget(CHECKOUT_FINGERPRINT_SESSION_KEY)
+    if token != await request.session.aget(CHECKOUT_TOKEN_SESSION_KEY):
+        shown = None
 
     user = await request.auser()
     try:
-        order = await services.place_order(user=user, checkout_token=token, card=form.card())
+        order = await services.place_order(user=user, checkout_token=token, card=form.card(), cart_fingerprint=shown)
+    except services.PaymentNotRecorded as unrecorded:
+        # The database is down: no session, no messages, no context processors. A page
+        # that needs none of them tells the shopper the truth; reconciliation does the rest.
+        logger.error("Checkout %s by %s: %s", token[:8], user.pk, unrecorded)
+        return render(None, "shop/payment_unrecorded.html", {"order_number": unrecorded.order_number}, status=202)
+    except (services.CartChanged, services.CheckoutExpired) as error:
+        messages.error(request, error.message)
+        return await sync_to_async(_render_checkout)(request, new_token=True, status=409)
+    except services.PaymentInProgress as error:
+        messages.error(request, error.message)
+        return redirect("shop:checkout")
     except services.ShopError as error:
         messages.error(request, error.message)
         return redirect("shop:cart")
@@ -187,8 +220,15 @@ async def checkout(request: HttpRequest) -> HttpResponse:
         return await sync_to_async(_render_checkout)(request, form, new_token=True, status=402)
 
     await request.session.apop(CHECKOUT_TOKEN_SESSION_KEY, None)
-    if order.status == Order.Status.PAID:
+    await request.session.apop(CHECKOUT_FINGERPRINT_SESSION_KEY, None)
+    if order.status == Order.Status.PAID and order.checkout_token == token:
         messages.success(request, f"Thank you! Order {order.number} is paid.")
+    elif order.status == Order.Status.PENDING:
+        messages.info(
+            request,
+            f"Your payment for order {order.number} is being confirmed with the bank. "
+            "This page updates as soon as it is settled.",
+        )
     else:  # A resubmitted form of an order that has moved on since.
         messages.info(request, f"Order {order.number} is {order.get_status_display().lower()}.")
     return redirect(order)
@@ -227,7 +267,6 @@ class SignUpView(FormView):
         user = form.save()
         login(self.request, user, backend="django.contrib.auth.backends.ModelBackend")
         messages.success(self.request, f"Welcome, {user.username}! Your account is ready.")
-        target = self.request.GET.get("next", "")
-        if not url_has_allowed_host_and_scheme(target, allowed_hosts={self.request.get_host()}):
-            target = reverse("shop:catalog")
-        return redirect(target)
+        return HttpResponseRedirect(
+            local_redirect_target(self.request, self.request.GET.get("next", ""), fallback=reverse("shop:catalog"))
+        )

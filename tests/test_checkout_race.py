@@ -114,6 +114,21 @@ def test_ten_submits_of_one_checkout_make_one_order_and_one_charge(make_product,
     assert Product.objects.get(pk=kettle.pk).stock == 3
 
 
+def test_two_sessions_of_one_shopper_paying_one_cart_at_once_pay_once(make_product, shopper, slow_bank):
+    kettle = make_product(name="Kettle", price="25.00", stock=5)
+    services.add_to_cart(cart=services.get_cart(user=shopper, create=True), product=kettle, quantity=2)
+
+    # A laptop and a phone: two login sessions, so two checkout tokens, for the same cart.
+    outcomes = race([checkout_job(shopper, secrets.token_urlsafe(24)) for _ in range(2)])
+
+    orders = [outcome for outcome in outcomes if isinstance(outcome, Order)]
+    refusals = [outcome for outcome in outcomes if isinstance(outcome, services.PaymentInProgress)]
+    assert (len(orders), len(refusals)) == (1, 1), outcomes
+    assert Order.objects.get().status == Order.Status.PAID
+    assert len(slow_bank.charges) == 1
+    assert Product.objects.get(pk=kettle.pk).stock == 3
+
+
 def test_carts_filled_in_opposite_orders_do_not_deadlock(make_product, make_user, slow_bank):
     kettle, mug = make_product(name="Kettle", stock=10), make_product(name="Mug", stock=10)
     shoppers = [make_user() for _ in range(10)]

@@ -4,15 +4,35 @@ One module a job: cart, checkout, orders (the status pipeline) and stock. Caller
 the package (`from shop import services`) and use the names below.
 """
 
-from .cart import add_to_cart, availability_problem, get_cart, merge_carts, remove_from_cart, update_cart_line
-from .checkout import capture_payment, checkout_idempotency_key, place_order, release_reservation, reserve_order
+from .cart import (
+    add_to_cart,
+    availability_problem,
+    cart_fingerprint,
+    get_cart,
+    merge_carts,
+    remove_from_cart,
+    update_cart_line,
+)
+from .checkout import (
+    PaymentNotRecorded,
+    ReconciliationReport,
+    areconcile_payments,
+    capture_payment,
+    checkout_idempotency_key,
+    place_order,
+    reconcile_payments,
+    release_reservation,
+    reserve_order,
+)
 from .errors import (
+    CartChanged,
     CheckoutExpired,
     EmptyCart,
     InsufficientStock,
     InvalidStockChange,
     InvalidTransition,
     OutOfStock,
+    PaymentInProgress,
     QuantityNotAllowed,
     ShopError,
 )
@@ -32,6 +52,7 @@ from .stock import (
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
+    "CartChanged",
     "CheckoutExpired",
     "EmptyCart",
     "InsufficientStock",
@@ -39,6 +60,11 @@ __all__ = [
     "InvalidTransition",
     "MAX_STOCK",
     "OutOfStock",
+    "PaymentInProgress",
+    "PaymentNotRecorded",
+    "ReconciliationReport",
+    "areconcile_payments",
+    "reconcile_payments",
     "QuantityNotAllowed",
     "STAFF_REASONS",
     "ShopError",
@@ -46,6 +72,7 @@ __all__ = [
     "adjust_stock",
     "availability_problem",
     "capture_payment",
+    "cart_fingerprint",
     "change_order_status",
     "checkout_idempotency_key",
     "correct_stock",

@@ -1,9 +1,13 @@
 """The shopper's cart: every add and update is checked against current stock."""
 
+import hashlib
+from collections.abc import Iterable
+from decimal import Decimal
+
 from django.conf import settings
 from django.db import transaction
 
-from ..models import Cart, CartLine, Product
+from ..models import Cart, CartLine, Order, Product
 from .errors import OutOfStock, QuantityNotAllowed
 
 
@@ -16,6 +20,24 @@ def availability_problem(*, product: Product, quantity: int) -> str | None:
     if quantity > product.stock:
         return f"Only {product.stock} left of {product.name}."
     return None
+
+
+def fingerprint(items: Iterable[tuple[int, int, Decimal]]) -> str:
+    """Identify a set of (product id, quantity, unit price): equal sets, equal fingerprints."""
+    canonical = ";".join(f"{product_id}:{quantity}:{price}" for product_id, quantity, price in sorted(items))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def cart_fingerprint(cart: Cart | None) -> str:
+    """Identify what a cart holds at today's prices: the checkout page is shown for this."""
+    if cart is None:
+        return fingerprint([])
+    return fingerprint((line.product_id, line.quantity, line.product.price) for line in cart.lines_with_products())
+
+
+def order_fingerprint(order: Order) -> str:
+    """Identify what an order was reserved for, comparable with cart_fingerprint()."""
+    return fingerprint((line.product_id, line.quantity, line.unit_price) for line in order.lines.all())
 
 
 def _check_quantity(*, product: Product, quantity: int) -> None:

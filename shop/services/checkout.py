@@ -6,18 +6,22 @@ neither a thread nor a row lock is held while the bank thinks.
 
 import asyncio
 import logging
+from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
+from django.utils import timezone
 
+from .. import tasks
 from ..models import Cart, CartLine, Order, OrderEvent, OrderLine, Payment, Product
 from ..payments import BankUnavailable, Card, ChargeResult, PaymentError, get_gateway
 from ..signals import order_placed
-from .cart import availability_problem
-from .errors import CheckoutExpired, EmptyCart, OutOfStock
-from .orders import record_status, refund_order_payment
+from .cart import availability_problem, fingerprint, order_fingerprint
+from .errors import CartChanged, CheckoutExpired, EmptyCart, OutOfStock, PaymentInProgress
+from .orders import change_order_status, record_status, refund_order_payment
 from .stock import return_order_stock, take_order_stock
 
 logger = logging.getLogger(__name__)
@@ -26,65 +30,202 @@ CENT = Decimal("0.01")
 
 
 # Payments in flight, kept referenced so that a shopper closing the tab (which cancels the
-# request) cannot leave an order half paid: the payment runs to its end regardless.
+# request) or a bank slower than PAYMENT_TIMEOUT cannot leave an order half paid: the
+# payment runs to its end regardless, and whatever it cannot finish, reconciliation does.
 _payments_in_flight: set[asyncio.Task] = set()
+
+# Waits between attempts to record a captured charge when the database is unreachable (a
+# PostgreSQL restart takes a second or two); each attempt uses a fresh connection.
+CAPTURE_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+class PaymentNotRecorded(Exception):
+    """The bank took the payment but the shop could not record it (its database is down).
+
+    The order stays PENDING with its stock held; reconciliation records the capture once
+    the database is back, so the charge is never lost. Nothing in the database may be
+    touched to report this: it is down.
+    """
+
+    def __init__(self, order_number: str):
+        super().__init__(f"Order {order_number}: the payment was taken but could not be recorded yet")
+        self.order_number = order_number
 
 
 def checkout_idempotency_key(checkout_token: str) -> str:
     return f"checkout-{checkout_token}"
 
 
-async def place_order(*, user, checkout_token: str, card: Card) -> Order:
-    """Reserve the cart's stock, charge the card and return the paid order.
+def _release_connection() -> None:
+    # Inside an outer transaction (a caller's, or a test's) the connection is not ours to end.
+    if not connection.in_atomic_block:
+        connection.close()
 
-    Raise OutOfStock / EmptyCart / CheckoutExpired before any charge, and a PaymentError
-    (its message safe to show) when the bank refuses; the reservation is then released.
-    The same checkout token always ends in the same single order and charge.
+
+def _in_own_connection(function):
+    """Wrap a transaction so that it runs off the event loop and hands its connection back at once.
+
+    sync_to_async runs it in the request's thread, whose database connection would
+    otherwise stay open until the response is sent, i.e. through the whole bank wait: about
+    a hundred slow checkouts would hold every connection PostgreSQL has. Closed here, the
+    connection goes back to the pool (or is closed) before the bank is awaited.
     """
-    task = asyncio.ensure_future(_place_order(user=user, checkout_token=checkout_token, card=card))
-    _payments_in_flight.add(task)
-    task.add_done_callback(_payments_in_flight.discard)
-    return await asyncio.shield(task)
+
+    def run(**kwargs):
+        try:
+            return function(**kwargs)
+        finally:
+            _release_connection()
+
+    return sync_to_async(run)
 
 
-async def _place_order(*, user, checkout_token: str, card: Card) -> Order:
-    order = await sync_to_async(reserve_order)(user=user, checkout_token=checkout_token)
+async def _with_database_retries(function, **kwargs):
+    """Run a transaction, retrying on a fresh connection while the database is unreachable."""
+    for delay in (*CAPTURE_RETRY_DELAYS, None):
+        try:
+            return await _in_own_connection(function)(**kwargs)
+        except (OperationalError, InterfaceError) as error:
+            if delay is None:
+                raise
+            logger.warning("%s failed (%s); retrying in %.2f s", function.__name__, error, delay)
+            await asyncio.sleep(delay)
+
+
+async def place_order(*, user, checkout_token: str, card: Card, cart_fingerprint: str | None = None) -> Order:
+    """Reserve the cart's stock, charge the card and return the order.
+
+    The order is PAID, or still PENDING when the bank has not answered within
+    settings.PAYMENT_TIMEOUT: the payment then settles in the background (or through
+    reconciliation) and the shopper is told live. `cart_fingerprint` is the cart the
+    shopper was shown (cart_fingerprint()); a cart that changed since is refused, so the
+    amount charged is always the amount on the page.
+
+    Raise OutOfStock / EmptyCart / CheckoutExpired / CartChanged / PaymentInProgress before
+    any charge, a PaymentError (its message safe to show) when the bank refuses (the
+    reservation is then released), and PaymentNotRecorded when the bank took the money but
+    the database could not record it. The same checkout token always ends in the same
+    single order and charge.
+    """
+    order = await _in_own_connection(reserve_order)(
+        user=user, checkout_token=checkout_token, cart_fingerprint=cart_fingerprint
+    )
     if order.status != Order.Status.PENDING:
         return order  # A resubmitted form: this checkout already ended.
+    attempt = _PaymentAttempt(order=order, card=card)
+    payment = asyncio.ensure_future(attempt.run())
+    _payments_in_flight.add(payment)
+    payment.add_done_callback(_payments_in_flight.discard)
     try:
-        charge = await get_gateway().charge(
-            amount=order.total,
-            currency=order.currency,
-            card=card,
-            idempotency_key=checkout_idempotency_key(checkout_token),
+        return await asyncio.wait_for(asyncio.shield(payment), timeout=settings.PAYMENT_TIMEOUT)
+    except asyncio.TimeoutError:
+        attempt.shopper_waiting = False
+        payment.add_done_callback(_log_background_failure)
+        logger.warning(
+            "Order %s: no answer from the bank within %s s; the payment goes on in the background",
+            order.number,
+            settings.PAYMENT_TIMEOUT,
         )
-    except PaymentError as error:
-        await sync_to_async(release_reservation)(order_id=order.pk, error=error, card_last4=card.last4)
-        raise
-    except Exception as error:
-        logger.exception("Order %s: the gateway failed unexpectedly", order.number)
-        await sync_to_async(release_reservation)(order_id=order.pk, error=BankUnavailable(), card_last4=card.last4)
-        raise BankUnavailable() from error
-    order = await sync_to_async(capture_payment)(order_id=order.pk, charge=charge)
-    if order.status == Order.Status.CANCELLED:
-        # Staff cancelled the order while the bank was answering: give the money back.
-        await sync_to_async(refund_order_payment)(order=order)
-        raise PaymentError("This order was cancelled while your payment was processing; the charge was refunded.")
-    return order
+        return order
 
 
-def reserve_order(*, user, checkout_token: str) -> Order:
-    """Transaction 1: take the cart's units out of stock into a PENDING order."""
+class _PaymentAttempt:
+    """One charge of a reserved order, from the bank's call to the capture or the release."""
+
+    def __init__(self, *, order: Order, card: Card):
+        self.order = order
+        self.card = card
+        # While the shopper still waits, a refusal removes the pending order and they pay
+        # again from the same cart. Once they were told "being confirmed" and shown the
+        # order, a refusal ends it as cancelled instead, with a notification.
+        self.shopper_waiting = True
+
+    async def run(self) -> Order:
+        order = self.order
+        try:
+            charge = await asyncio.wait_for(
+                get_gateway().charge(
+                    amount=order.total,
+                    currency=order.currency,
+                    card=self.card,
+                    idempotency_key=checkout_idempotency_key(order.checkout_token),
+                ),
+                # The shopper waits PAYMENT_TIMEOUT; the call goes on as long again in the
+                # background. Past that it is abandoned and reconciliation asks the bank.
+                timeout=2 * settings.PAYMENT_TIMEOUT,
+            )
+        except asyncio.TimeoutError:
+            logger.warning("Order %s: the bank never answered; left for reconciliation", order.number)
+            return order
+        except PaymentError as error:
+            await self._release(error)
+            raise
+        except Exception as error:
+            logger.exception("Order %s: the gateway failed unexpectedly", order.number)
+            await self._release(BankUnavailable())
+            raise BankUnavailable() from error
+        try:
+            order = await _with_database_retries(capture_payment, order_id=order.pk, charge=charge)
+        except (OperationalError, InterfaceError) as error:
+            logger.error(
+                "Order %s: charge %s taken but not recorded (%s); left for reconciliation",
+                order.number,
+                charge.reference,
+                error,
+            )
+            raise PaymentNotRecorded(order.number) from error
+        if order.status == Order.Status.CANCELLED:
+            # Staff cancelled the order while the bank was answering: give the money back.
+            await _in_own_connection(refund_order_payment)(order=order)
+            raise PaymentError("This order was cancelled while your payment was processing; the charge was refunded.")
+        return order
+
+    async def _release(self, error: PaymentError) -> None:
+        await _with_database_retries(
+            release_reservation,
+            order_id=self.order.pk,
+            error=error,
+            card_last4=self.card.last4,
+            keep_order=not self.shopper_waiting,
+        )
+
+
+def _log_background_failure(payment: asyncio.Task) -> None:
+    # Nobody awaits a payment the shopper stopped waiting for: say how it ended.
+    if payment.cancelled():
+        return
+    error = payment.exception()
+    if isinstance(error, PaymentError):
+        logger.info("A background payment was refused: %s", error.message)
+    elif error is not None:
+        logger.error("A background payment failed: %r", error)
+
+
+def reserve_order(*, user, checkout_token: str, cart_fingerprint: str | None = None) -> Order:
+    """Transaction 1: take the cart's units out of stock into a PENDING order.
+
+    Return the existing order for a resubmitted token. Refuse a cart that is already
+    being paid under another token (another window, another device), and a cart that
+    differs from `cart_fingerprint`, the one the shopper was shown.
+    """
     with transaction.atomic():
         # Lock the cart first, then products in pk order: every path takes locks in that
-        # order, so concurrent checkouts wait for each other instead of deadlocking.
+        # order, so concurrent checkouts wait for each other instead of deadlocking. The
+        # cart lock also makes two sessions of one user paying at once take turns here.
         cart = Cart.objects.select_for_update().filter(user=user).first()
         existing = Order.objects.filter(checkout_token=checkout_token).first()
         if existing is not None:
-            if existing.user_id != user.pk:
+            if existing.user_id != user.pk or (
+                cart_fingerprint is not None and cart_fingerprint != order_fingerprint(existing)
+            ):
                 raise CheckoutExpired("This checkout has expired. Please review your cart and try again.")
             return existing
-        lines = list(cart.lines.all()) if cart else []
+        if in_progress := Order.objects.filter(user=user, status=Order.Status.PENDING).first():
+            raise PaymentInProgress(
+                f"Your cart is already being paid (order {in_progress.number}), in another window or device. "
+                "Please wait for that payment to finish; we will tell you how it went."
+            )
+        lines = list(cart.lines.select_related("product")) if cart else []
         if not lines:
             raise EmptyCart("Your cart is empty.")
         products = {
@@ -100,6 +241,10 @@ def reserve_order(*, user, checkout_token: str) -> Order:
         ]
         if problems:
             raise OutOfStock(" ".join(problems))
+        if cart_fingerprint is not None and cart_fingerprint != fingerprint(
+            (line.product_id, line.quantity, products[line.product_id].price) for line in lines
+        ):
+            raise CartChanged("Your cart changed since this page was shown. Please check the total and pay again.")
 
         total = sum((products[line.product_id].price * line.quantity for line in lines), Decimal("0")).quantize(CENT)
         order = Order.objects.create(
@@ -119,6 +264,9 @@ def reserve_order(*, user, checkout_token: str) -> Order:
         OrderEvent.objects.create(
             order=order, to_status=Order.Status.PENDING, message="Stock reserved; awaiting the bank."
         )
+        # Written with the order: if this checkout never hears from the bank (a crash, a
+        # timeout, the database down at capture), the worker still settles the order.
+        tasks.schedule_reconciliation()
     return order
 
 
@@ -141,20 +289,40 @@ def capture_payment(*, order_id: int, charge: ChargeResult) -> Order:
         if order.status != Order.Status.PENDING:
             return order  # A concurrent retry of this checkout captured it first.
         record_status(order=order, status=Order.Status.PAID, message=f"Payment {charge.reference} captured.")
-        ordered_products = order.lines.values_list("product_id", flat=True)
-        CartLine.objects.filter(cart__user_id=order.user_id, product_id__in=ordered_products).delete()
+        _take_ordered_units_out_of_cart(order)
         order_placed.send(sender=Order, order=order)
     logger.info("Order %s paid (%s %s)", order.number, order.total, order.currency)
     return order
 
 
-def release_reservation(*, order_id: int, error: PaymentError, card_last4: str) -> None:
-    """Transaction 2 after a refusal: put the stock back, record the failure, drop the order."""
+def _take_ordered_units_out_of_cart(order: Order) -> None:
+    # Units added to the cart while the bank was answering (another tab) stay in it.
+    ordered = {line.product_id: line.quantity for line in order.lines.all()}
+    for line in CartLine.objects.filter(cart__user_id=order.user_id, product_id__in=ordered):
+        if line.quantity > ordered[line.product_id]:
+            line.quantity -= ordered[line.product_id]
+            line.save(update_fields=["quantity"])
+        else:
+            line.delete()
+
+
+def release_reservation(*, order_id: int, error: PaymentError, card_last4: str, keep_order: bool = False) -> None:
+    """Transaction 2 after a refusal: put the stock back and record the failure.
+
+    The pending order is removed, so the shopper simply pays again from the same cart;
+    with `keep_order` (the shopper was already shown the order: a timeout, reconciliation)
+    it ends as cancelled instead, which tells them.
+    """
     with transaction.atomic():
         order = Order.objects.select_for_update().filter(pk=order_id).first()
         if order is None or order.status != Order.Status.PENDING:
             return  # A concurrent retry of this checkout already released it.
-        return_order_stock(order)
+        if keep_order:
+            change_order_status(
+                order=order, status=Order.Status.CANCELLED, message=f"The payment did not go through: {error.message}"
+            )
+        else:
+            return_order_stock(order)
         Payment.objects.get_or_create(
             idempotency_key=checkout_idempotency_key(order.checkout_token),
             defaults={
@@ -164,7 +332,66 @@ def release_reservation(*, order_id: int, error: PaymentError, card_last4: str) 
                 "currency": order.currency,
                 "card_last4": card_last4,
                 "message": error.message[:255],
+                "order": order if keep_order else None,
             },
         )
-        order.delete()
+        if not keep_order:
+            order.delete()
     logger.warning("Order %s not paid, reservation released: %s", order.number, error.message)
+
+
+# Reconciliation --------------------------------------------------------------------------
+
+
+@dataclass
+class ReconciliationReport:
+    paid: int = 0
+    released: int = 0
+    unresolved: int = 0  # The bank could not be asked: tried again next time.
+
+
+async def areconcile_payments(*, older_than: float) -> ReconciliationReport:
+    """Settle every PENDING order older than `older_than` seconds from the bank's own answer.
+
+    Charged: the order becomes PAID (Payment, event, the usual notification and email).
+    Not charged: resolve_charge() made sure it never will be; the stock goes back and the
+    order ends cancelled, which tells the shopper. Running it again changes nothing.
+    """
+    if older_than < 0:
+        raise ValueError("older_than must not be negative")
+    cutoff = timezone.now() - timedelta(seconds=older_than)
+    report = ReconciliationReport()
+    for order in await _in_own_connection(_stale_pending_orders)(cutoff=cutoff):
+        key = checkout_idempotency_key(order.checkout_token)
+        try:
+            charge = await get_gateway().resolve_charge(idempotency_key=key)
+        except Exception as error:
+            logger.warning("Order %s: could not ask the bank (%r); tried again next time", order.number, error)
+            report.unresolved += 1
+            continue
+        if charge is None:
+            await _with_database_retries(
+                release_reservation,
+                order_id=order.pk,
+                error=PaymentError("The bank has no record of this payment; nothing was charged."),
+                card_last4="",
+                keep_order=True,
+            )
+            report.released += 1
+            continue
+        settled = await _with_database_retries(capture_payment, order_id=order.pk, charge=charge)
+        if settled.status == Order.Status.CANCELLED:
+            # Cancelled by staff while the payment was unsettled: the money goes back.
+            await _in_own_connection(refund_order_payment)(order=settled)
+        report.paid += 1
+    logger.info("Reconciliation: %s", report)
+    return report
+
+
+def reconcile_payments(*, older_than: float) -> ReconciliationReport:
+    """Sync entry point of areconcile_payments() (commands, tasks)."""
+    return async_to_sync(areconcile_payments)(older_than=older_than)
+
+
+def _stale_pending_orders(*, cutoff) -> list[Order]:
+    return list(Order.objects.filter(status=Order.Status.PENDING, created_at__lt=cutoff).order_by("created_at"))

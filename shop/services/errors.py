@@ -35,3 +35,11 @@ class CheckoutExpired(ShopError):
 
 class InvalidTransition(ShopError):
     pass
+
+
+class CartChanged(ShopError):
+    """The cart is not the one the shopper was shown: paying would charge another amount."""
+
+
+class PaymentInProgress(ShopError):
+    """The cart is being paid already (another window or device): it cannot be paid twice."""
