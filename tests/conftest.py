@@ -20,8 +20,9 @@ from django.db import connections
 from shop import payments
 from shop.models import Product
 
-# The live-server and browser fixtures (live_daphne, chromium) live in tests/live.py.
-pytest_plugins = ["tests.live"]
+# The live-server and browser fixtures (live_daphne, chromium) live in tests/live.py; the fault
+# tests' own servers (own_postgres, own_redis) in tests/faults.py.
+pytest_plugins = ["tests.live", "tests.faults"]
 
 ON_CI = os.environ.get("CI", "").lower() == "true"
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output"

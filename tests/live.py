@@ -104,14 +104,23 @@ class LiveDaphne:
     """One daphne process serving shop.asgi:application on 127.0.0.1.
 
     `redis_url=None` gives the child the in-memory channel layer (REDIS_URL removed).
+    `extra_env` is applied last: it can point the server elsewhere (DATABASE_URL) or tune it.
     """
 
     startup_timeout = 20.0
 
-    def __init__(self, *, name: str = "daphne", redis_url: str | None = None, bank_latency_ms: int = 50):
+    def __init__(
+        self,
+        *,
+        name: str = "daphne",
+        redis_url: str | None = None,
+        bank_latency_ms: int = 50,
+        extra_env: dict[str, str] | None = None,
+    ):
         self.name = name
         self.redis_url = redis_url
         self.bank_latency_ms = bank_latency_ms
+        self.extra_env = dict(extra_env or {})
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
@@ -145,6 +154,7 @@ class LiveDaphne:
             env["REDIS_URL"] = self.redis_url
         else:
             env.pop("REDIS_URL", None)
+        env.update(self.extra_env)
         return env
 
     def start(self) -> "LiveDaphne":
@@ -242,9 +252,18 @@ def live_daphne(transactional_db) -> Iterator[Callable[..., LiveDaphne]]:
     """
     servers: list[LiveDaphne] = []
 
-    def start(*, name: str | None = None, redis_url: str | None = None, bank_latency_ms: int = 50) -> LiveDaphne:
+    def start(
+        *,
+        name: str | None = None,
+        redis_url: str | None = None,
+        bank_latency_ms: int = 50,
+        extra_env: dict[str, str] | None = None,
+    ) -> LiveDaphne:
         server = LiveDaphne(
-            name=name or f"daphne{len(servers) + 1}", redis_url=redis_url, bank_latency_ms=bank_latency_ms
+            name=name or f"daphne{len(servers) + 1}",
+            redis_url=redis_url,
+            bank_latency_ms=bank_latency_ms,
+            extra_env=extra_env,
         )
         servers.append(server)
         return server.start()
