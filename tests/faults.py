@@ -12,7 +12,6 @@ a LiveDaphne without a browser.
 Registered as a plugin by tests/conftest.py (fixtures own_postgres, own_redis).
 """
 
-import contextlib
 import ctypes
 import http.client
 import os
@@ -514,14 +513,3 @@ class HttpShopper:
         if answer.status != 302 or settings.SESSION_COOKIE_NAME not in self.cookies:
             raise AssertionError(f"login as {username} answered {answer.status}, not a redirect with a session")
         return answer
-
-
-@contextlib.contextmanager
-def timed() -> Iterator[dict[str, float]]:
-    """Measure a block: `with timed() as took: ...; took["s"]`."""
-    took = {"s": 0.0}
-    started = time.monotonic()
-    try:
-        yield took
-    finally:
-        took["s"] = time.monotonic() - started
