@@ -5,27 +5,10 @@ commits or rolls back with it, and so does the confirmation email's task; the pu
 out only after commit, the email when the task worker runs the task.
 """
 
+from shop.services import ORDER_TRANSITIONS
+
 from . import services
 from .models import Notification
-
-STATUS_MESSAGES = {
-    "shipped": (Notification.Kind.ORDER_SHIPPED, "Order {number} has shipped", "It is on its way to you."),
-    "delivered": (
-        Notification.Kind.ORDER_DELIVERED,
-        "Order {number} was delivered",
-        "Enjoy! Thank you for shopping with us.",
-    ),
-    "cancelled": (
-        Notification.Kind.ORDER_CANCELLED,
-        "Order {number} was cancelled",
-        "Any payment has been refunded to your card.",
-    ),
-    "refunded": (
-        Notification.Kind.ORDER_REFUNDED,
-        "Order {number} was refunded",
-        "{total} {currency} is on its way back to your card.",
-    ),
-}
 
 
 def notify_order_placed(sender, order, **kwargs):
@@ -42,18 +25,16 @@ def notify_order_placed(sender, order, **kwargs):
 
 
 def notify_order_status_changed(sender, order, previous_status, actor=None, **kwargs):
-    if order.status not in STATUS_MESSAGES:
+    transition = ORDER_TRANSITIONS.get(order.status)
+    if transition is None:
         return
-    kind, title, body = STATUS_MESSAGES[order.status]
-    if previous_status == "pending":
-        # The bank never took the money (a payment that timed out, settled by reconciliation).
-        title, body = "Order {number} was not paid", "Your payment did not go through, so nothing was charged."
-    values = {"number": order.number, "total": order.total, "currency": order.currency}
+    # The texts live with the shop's table of transitions: one place says what each move means.
+    title, body = transition.shopper_message(order=order, previous_status=previous_status)
     services.notify(
         recipient=order.user,
-        kind=kind,
-        title=title.format(**values),
-        body=body.format(**values),
+        kind=Notification.Kind(f"order_{order.status}"),
+        title=title,
+        body=body,
         url=order.get_absolute_url(),
     )
 

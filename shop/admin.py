@@ -311,24 +311,14 @@ def _change_status(modeladmin, request, queryset, status):
         modeladmin.message_user(request, f"{changed} order(s) marked {label}.", messages.SUCCESS)
 
 
-@admin.action(description="Mark selected orders shipped", permissions=["change"])
-def mark_shipped(modeladmin, request, queryset):
-    _change_status(modeladmin, request, queryset, Order.Status.SHIPPED)
+def _status_action(transition: services.Transition):
+    """An admin action moving the selected orders along one transition of the table."""
 
+    def action(modeladmin, request, queryset):
+        _change_status(modeladmin, request, queryset, transition.to)
 
-@admin.action(description="Mark selected orders delivered", permissions=["change"])
-def mark_delivered(modeladmin, request, queryset):
-    _change_status(modeladmin, request, queryset, Order.Status.DELIVERED)
-
-
-@admin.action(description="Cancel selected orders (returns stock and money)", permissions=["change"])
-def mark_cancelled(modeladmin, request, queryset):
-    _change_status(modeladmin, request, queryset, Order.Status.CANCELLED)
-
-
-@admin.action(description="Refund selected orders", permissions=["change"])
-def mark_refunded(modeladmin, request, queryset):
-    _change_status(modeladmin, request, queryset, Order.Status.REFUNDED)
+    action.__name__ = f"mark_{transition.to}"
+    return admin.action(description=transition.admin_action, permissions=["change"])(action)
 
 
 @admin.register(Order)
@@ -341,7 +331,7 @@ class OrderAdmin(admin.ModelAdmin):
     readonly_fields = ["number", "user", "total", "currency", "created_at", "updated_at"]
     fields = ["number", "user", "status", "total", "currency", "created_at", "updated_at"]
     inlines = [OrderLineInline, OrderEventInline]
-    actions = [mark_shipped, mark_delivered, mark_cancelled, mark_refunded]
+    actions = [_status_action(transition) for transition in services.ORDER_TRANSITIONS.values()]
     list_select_related = ["user"]
 
     def has_add_permission(self, request):

@@ -36,7 +36,14 @@ from .errors import (
     QuantityNotAllowed,
     ShopError,
 )
-from .orders import ALLOWED_TRANSITIONS, change_order_status, refund_order_payment, transition_problem
+from .orders import (
+    ALLOWED_TRANSITIONS,
+    ORDER_TRANSITIONS,
+    Transition,
+    change_order_status,
+    refund_order_payment,
+    transition_problem,
+)
 from .stock import (
     MAX_STOCK,
     STAFF_REASONS,
@@ -52,6 +59,8 @@ from .stock import (
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
+    "ORDER_TRANSITIONS",
+    "Transition",
     "CartChanged",
     "CheckoutExpired",
     "EmptyCart",

@@ -1,6 +1,7 @@
 """The order pipeline: which status may follow which, and what each move does to stock and money."""
 
 import logging
+from dataclasses import dataclass
 
 from asgiref.sync import async_to_sync
 from django.db import transaction
@@ -22,13 +23,76 @@ def record_status(*, order: Order, status: str, actor=None, message: str = "") -
     return previous
 
 
+@dataclass(frozen=True)
+class Transition:
+    """A move of an order to status `to`: from where, what it undoes, and what the shopper is told.
+
+    The one table below drives the services (which moves are allowed, when money and stock
+    go back), the admin (its status choices and actions) and the notifications' texts.
+    """
+
+    to: str
+    sources: frozenset[str]
+    admin_action: str
+    # "{number}", "{total}" and "{currency}" are filled in; an entry per previous status may
+    # replace the default (None) for moves that mean something else from there.
+    shopper_texts: dict[str | None, tuple[str, str]]
+    refunds_from: frozenset[str] = frozenset()
+    returns_stock_from: frozenset[str] = frozenset()
+
+    def shopper_message(self, *, order: Order, previous_status: str) -> tuple[str, str]:
+        """Return the (title, body) telling the shopper about this move of `order`."""
+        title, body = self.shopper_texts.get(previous_status, self.shopper_texts[None])
+        values = {"number": order.number, "total": order.total, "currency": order.currency}
+        return title.format(**values), body.format(**values)
+
+
+_S = Order.Status
+ORDER_TRANSITIONS: dict[str, Transition] = {
+    transition.to: transition
+    for transition in [
+        Transition(
+            to=_S.SHIPPED,
+            sources=frozenset({_S.PAID}),
+            admin_action="Mark selected orders shipped",
+            shopper_texts={None: ("Order {number} has shipped", "It is on its way to you.")},
+        ),
+        Transition(
+            to=_S.DELIVERED,
+            sources=frozenset({_S.SHIPPED}),
+            admin_action="Mark selected orders delivered",
+            shopper_texts={None: ("Order {number} was delivered", "Enjoy! Thank you for shopping with us.")},
+        ),
+        Transition(
+            to=_S.CANCELLED,
+            sources=frozenset({_S.PENDING, _S.PAID}),
+            admin_action="Cancel selected orders (returns stock and money)",
+            shopper_texts={
+                None: ("Order {number} was cancelled", "Any payment has been refunded to your card."),
+                # The bank never took the money (a payment that timed out, settled by reconciliation).
+                _S.PENDING: ("Order {number} was not paid", "Your payment did not go through, so nothing was charged."),
+            },
+            refunds_from=frozenset({_S.PAID}),
+            returns_stock_from=frozenset({_S.PENDING, _S.PAID}),
+        ),
+        Transition(
+            to=_S.REFUNDED,
+            sources=frozenset({_S.PAID, _S.SHIPPED}),
+            admin_action="Refund selected orders",
+            shopper_texts={
+                None: ("Order {number} was refunded", "{total} {currency} is on its way back to your card.")
+            },
+            refunds_from=frozenset({_S.PAID, _S.SHIPPED}),
+            # A shipped order's goods are with the shopper: only the money goes back.
+            returns_stock_from=frozenset({_S.PAID}),
+        ),
+    ]
+}
+
+# Where each status may go: derived from the table, for forms and checks.
 ALLOWED_TRANSITIONS: dict[str, set[str]] = {
-    Order.Status.PENDING: {Order.Status.CANCELLED},
-    Order.Status.PAID: {Order.Status.SHIPPED, Order.Status.CANCELLED, Order.Status.REFUNDED},
-    Order.Status.SHIPPED: {Order.Status.DELIVERED, Order.Status.REFUNDED},
-    Order.Status.DELIVERED: set(),
-    Order.Status.CANCELLED: set(),
-    Order.Status.REFUNDED: set(),
+    status: {transition.to for transition in ORDER_TRANSITIONS.values() if status in transition.sources}
+    for status in Order.Status.values
 }
 
 
@@ -60,17 +124,12 @@ def change_order_status(*, order: Order, status: str, actor=None, message: str =
         order = Order.objects.select_for_update().get(pk=order.pk)
         if problem := transition_problem(order=order, status=status):
             raise InvalidTransition(problem)
-        if order.status in {Order.Status.PAID, Order.Status.SHIPPED} and status in {
-            Order.Status.CANCELLED,
-            Order.Status.REFUNDED,
-        }:
+        transition = ORDER_TRANSITIONS[status]
+        if order.status in transition.refunds_from:
             # Idempotent at the bank (keyed by order): a retry after a failure refunds once.
             refund_order_payment(order=order)
-        if order.status in {Order.Status.PENDING, Order.Status.PAID} and status in {
-            Order.Status.CANCELLED,
-            Order.Status.REFUNDED,
-        }:
-            return_order_stock(order)
+        if order.status in transition.returns_stock_from:
+            return_order_stock(order, actor=actor)
         previous = record_status(order=order, status=status, actor=actor, message=message)
         order_status_changed.send(sender=Order, order=order, previous_status=previous, actor=actor)
     logger.info("Order %s: %s -> %s by %s", order.number, previous, status, actor or "the system")
