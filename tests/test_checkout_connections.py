@@ -30,7 +30,6 @@ from tests.live import LiveDaphne, current_database_url
 pytestmark = [
     pytest.mark.postgres,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.xfail(strict=False, reason="lead's checkout change pending"),
 ]
 
 SHOPPERS = 40

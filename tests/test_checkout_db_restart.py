@@ -30,7 +30,6 @@ from tests.live import BASE_DIR, LiveDaphne
 pytestmark = [
     pytest.mark.postgres,
     pytest.mark.fault,
-    pytest.mark.xfail(strict=False, reason="lead's checkout change pending"),
 ]
 
 BANK_LATENCY_MS = 3000
