@@ -241,6 +241,10 @@ def settle(shop: OwnShop) -> tuple[dict, float, bool]:
         # Down from the reservation until 1.5 s after the bank answered: the first capture
         # attempt fails and must be retried (or left for reconciliation), never lost.
         pytest.param(BANK_LATENCY_MS / 1000 + 1.5, id="down-when-the-bank-answers"),
+        # Down for longer than the capture's retries (about 8 s): the shopper gets the
+        # "being confirmed" page (202, rendered without the database) and reconciliation
+        # records the charge once the database is back.
+        pytest.param(BANK_LATENCY_MS / 1000 + 11, id="down-past-the-capture-retries"),
     ],
 )
 def test_database_restart_during_the_bank_wait_loses_no_payment(own_postgres, shop, down_for):
