@@ -252,6 +252,8 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
             await self._close(CLOSE_UNAUTHENTICATED)
 
     async def layer_lost(self, event):
+        if self.closing:
+            return  # Already closing (a handshake that could not join its groups): said once.
         logger.warning(
             "Socket of user %s closed with %s: the channel layer failed (%s); the client reconnects later",
             self.user_id,

@@ -175,9 +175,10 @@ if REDIS_URL:
                         # After a Redis restart every pooled connection is dead and its next
                         # command fails: the push it carried was lost, and each socket's blocking
                         # read died with it. Retry a command that fails on its connection on a
-                        # fresh one (0.2 + 0.4 + 0.8 s, within the 2 s dispatch timeout), and PING a
-                        # connection idle for 15 s before using it.
-                        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), 3),
+                        # fresh one, up to 5 times over about 3.4 s (0.2, 0.4, 0.8, 1, 1), and PING
+                        # a connection idle for 15 s before using it. Past that the socket is
+                        # closed with 1013 and the client reconnects when it can.
+                        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), 5),
                         "health_check_interval": 15,
                         # redis-py's pool holds at most 100 connections per process and fails the
                         # next command at once (no waiting): 11 of 10,000 concurrent handshakes
@@ -214,10 +215,28 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where collectstatic writes (and nginx reads). Two deployments on one checkout (make
+# prod-local and the topology test) each get their own.
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT") or BASE_DIR / "staticfiles")
 # Daphne serves /static/ itself when this is on (development, tests); behind a proxy in
 # production, run collectstatic and let the proxy serve STATIC_ROOT instead.
 SERVE_STATIC = env_bool("DJANGO_SERVE_STATIC", DEBUG)
+# With the manifest storage, collectstatic writes each file also under a name carrying a
+# hash of its content (shop.3f2a9c1b7e4d.css) and {% static %} links to that name, so the
+# proxy can tell browsers to cache /static/ for a year: a changed file gets a new name.
+# It needs collectstatic's manifest to render any page, so it is on only where collectstatic
+# runs (DEBUG off); development and tests keep the plain storage.
+STATIC_MANIFEST = env_bool("DJANGO_STATIC_MANIFEST", not DEBUG)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"
+            if STATIC_MANIFEST
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        )
+    },
+}
 
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 

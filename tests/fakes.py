@@ -54,3 +54,24 @@ async def wait_until(condition, *, timeout: float) -> None:
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(poll(), timeout)
+
+
+class UnreachableLayer(InMemoryChannelLayer):
+    """Redis is down: a socket cannot join its groups, nothing can be pushed."""
+
+    async def group_add(self, group, channel):
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    async def group_send(self, group, message):
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+class FailingReceiveLayer(InMemoryChannelLayer):
+    """Redis went away under an open socket: the layer's blocking receive fails (after its retries)."""
+
+    broken = False
+
+    async def receive(self, channel):
+        while not self.broken:
+            await asyncio.sleep(0.01)
+        raise ConnectionError("Connection closed by server.")
