@@ -8,8 +8,10 @@ and a client can tell a gap from a quiet stream.
 """
 
 import asyncio
+import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -529,3 +531,153 @@ async def test_a_login_elsewhere_does_not_make_every_socket_recheck(shopper, set
 
     rechecks = [message for _, message in layer.group_sends if message["type"] == "session.recheck"]
     assert len(rechecks) == 1
+
+
+# The browser client: gap detection (a fake WebSocket in Chromium, no server) ----------------
+
+CLIENT_JS = Path(__file__).resolve().parent.parent / "notifications" / "static" / "notifications" / "notifications.js"
+FAKE_SOCKET = """
+window.fakeSockets = [];
+class FakeSocket {
+  static CONNECTING = 0; static OPEN = 1; static CLOSING = 2; static CLOSED = 3;
+  constructor(url) {
+    this.url = url; this.readyState = 0; this.sent = []; this.listeners = {};
+    window.fakeSockets.push(this);
+    setTimeout(() => { this.readyState = 1; this.emit("open", {}); }, 0);
+  }
+  addEventListener(type, listener) { (this.listeners[type] ||= []).push(listener); }
+  send(data) { this.sent.push(JSON.parse(data)); }
+  close() { this.readyState = 3; }
+  emit(type, event) { for (const listener of this.listeners[type] || []) listener(event); }
+  serve(frame) { this.emit("message", { data: JSON.stringify(frame) }); }
+  hangUp(code) { this.readyState = 3; this.emit("close", { code }); }
+}
+window.WebSocket = FakeSocket;
+"""
+
+
+def page_html(last_seq: int) -> str:
+    config = {
+        "socket_path": "/ws/notifications/",
+        "last_id": 30,
+        "last_seq": last_seq,
+        "unread": 0,
+        "missed": [],
+        "read_url": "/notifications/api/read/",
+        "inbox_url": "/notifications/",
+    }
+    return (
+        "<!doctype html><html><body><span data-unread-count>0</span><div id='toasts'></div>"
+        f"<script id='notifications-config' type='application/json'>{json.dumps(config)}</script>"
+        "<script type='module' src='/static/notifications.js'></script></body></html>"
+    )
+
+
+def frame(seq: int) -> dict:
+    return {
+        "type": "notification",
+        "id": seq * 10,
+        "seq": seq,
+        "kind": "order_shipped",
+        "title": f"Notification {seq}",
+        "body": "",
+        "url": "/orders/",
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "read": False,
+    }
+
+
+@pytest.fixture
+def client_page(chromium):
+    """A page running notifications.js against a fake socket; `serve(frame)` plays the server."""
+    with chromium.open() as browser:
+        context = browser.new_context()
+
+        def route(route):
+            if route.request.url.endswith("/static/notifications.js"):
+                route.fulfill(body=CLIENT_JS.read_text(), content_type="text/javascript")
+            else:
+                route.fulfill(body=page_html(last_seq=3), content_type="text/html")
+
+        context.route("http://shop.test/**", route)
+        context.add_init_script(FAKE_SOCKET)
+        page = chromium.new_page(context)
+        page.goto("http://shop.test/")
+        page.wait_for_function("window.fakeSockets.length === 1 && window.fakeSockets[0].readyState === 1")
+        page.serve = lambda frame, socket=-1: page.evaluate(
+            "([frame, socket]) => window.fakeSockets.at(socket).serve(frame)", [frame, socket]
+        )
+        page.sent = lambda socket=-1: page.evaluate("(socket) => window.fakeSockets.at(socket).sent", socket)
+        page.serve({"type": "hello", "unread": 0, "last_id": 30, "last_seq": 3})
+        page.serve({"type": "replayed", "last_seq": 3})
+        yield page
+        assert not chromium.page_errors
+
+
+def resumes(page) -> list[dict]:
+    return [message for message in page.sent() if message["type"] == "resume"]
+
+
+@pytest.mark.browser
+def test_client_connects_after_the_seq_the_page_accounts_for(client_page):
+    assert client_page.evaluate("window.fakeSockets[0].url").endswith("/ws/notifications/?after_seq=3")
+
+
+@pytest.mark.browser
+def test_client_resumes_from_its_last_contiguous_seq_when_a_notification_skips_one(client_page):
+    client_page.serve(frame(4))
+    client_page.serve(frame(6))  # 5 was lost
+
+    client_page.wait_for_function("window.fakeSockets[0].sent.some((m) => m.type === 'resume')")
+    assert resumes(client_page) == [{"type": "resume", "after_seq": 4}]
+    assert client_page.evaluate("window.shopNotifications.lastSeq") == 4
+
+    for seq in (5, 6):  # the replay, 6 again included
+        client_page.serve(frame(seq))
+    client_page.serve({"type": "replayed", "last_seq": 6})
+
+    assert client_page.evaluate("window.shopNotifications.lastSeq") == 6
+    for seq in (4, 5, 6):  # each shown once, the replayed twin of 6 dropped by id
+        assert client_page.locator(f'.toast[data-notification-id="{seq * 10}"]').count() == 1
+
+
+@pytest.mark.browser
+def test_client_resumes_when_a_pong_says_the_server_is_ahead(client_page):
+    client_page.serve({"type": "pong", "last_seq": 5})  # two pushes lost while the socket stayed open
+
+    client_page.wait_for_function("window.fakeSockets[0].sent.some((m) => m.type === 'resume')")
+    assert resumes(client_page) == [{"type": "resume", "after_seq": 3}]
+
+
+@pytest.mark.browser
+def test_client_does_not_resume_when_nothing_is_missing(client_page):
+    client_page.serve(frame(4))
+    client_page.serve({"type": "pong", "last_seq": 4})
+    client_page.wait_for_timeout(1500)  # past the gap grace
+
+    assert resumes(client_page) == []
+    assert client_page.evaluate("window.shopNotifications.lastSeq") == 4
+
+
+@pytest.mark.browser
+def test_client_skips_a_hole_the_server_says_is_complete(client_page):
+    """A notification deleted by staff leaves a hole: the replay's end says it is complete."""
+    client_page.serve(frame(5))
+    client_page.wait_for_function("window.fakeSockets[0].sent.some((m) => m.type === 'resume')")
+
+    client_page.serve(frame(5))
+    client_page.serve({"type": "replayed", "last_seq": 5})  # 4 no longer exists
+    client_page.serve({"type": "pong", "last_seq": 5})
+    client_page.wait_for_timeout(1500)
+
+    assert client_page.evaluate("window.shopNotifications.lastSeq") == 5
+    assert len(resumes(client_page)) == 1
+
+
+@pytest.mark.browser
+def test_client_closed_with_1013_reconnects_and_resumes_from_its_last_seq(client_page):
+    client_page.serve(frame(4))
+    client_page.evaluate("window.fakeSockets[0].hangUp(1013)")  # the server cannot reach Redis
+
+    client_page.wait_for_function("window.fakeSockets.length === 2", timeout=5000)
+    assert client_page.evaluate("window.fakeSockets[1].url").endswith("?after_seq=4")

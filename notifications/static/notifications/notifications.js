@@ -2,9 +2,12 @@
  * Live order notifications: one WebSocket per tab to /ws/notifications/.
  *
  * The Notification rows in the database are the source of truth and the socket is only
- * a nudge. So on every (re)connect this client asks for everything after the newest id it
- * has accounted for, drops anything it has already seen (a push and a replay can overlap),
- * and acknowledges what it has shown so the next page does not show it again.
+ * a nudge. Each user's notifications are numbered 1, 2, 3... in commit order (`seq`), so
+ * this client knows the last number up to which it has everything (`lastSeq`). On every
+ * (re)connect it asks for what follows; while connected, a frame that skips a number, or a
+ * pong/hello whose `last_seq` is ahead (a push lost while the socket stayed open), makes it
+ * resume from `lastSeq`. It drops anything it has already seen (a push and a replay can
+ * overlap), and acknowledges what it has shown so the next page does not show it again.
  *
  * The page renders the configuration with json_script; without it (signed out) we do nothing.
  */
@@ -16,6 +19,11 @@ const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 30_000;
 const BACKOFF_FLOOR_MS = 250;
 const CLOSE_SIGNED_OUT = 4401; // The server's "not signed in" code: retrying cannot help.
+// A push can overtake an earlier one (two servers, two commits): wait this long for the
+// missing number before asking the server to resume.
+const GAP_GRACE_MS = 1_000;
+// A resume the server has not answered (refused, or lost with the socket) is asked again after this.
+const RESUME_RETRY_MS = 10_000;
 
 const STATE_LABELS = {
   connecting: "Connecting to live updates…",
@@ -33,6 +41,11 @@ function start(config) {
   let socket = null;
   let state = "connecting";
   let newestId = Number(config.last_id) || 0;
+  let lastSeq = Number(config.last_seq) || 0; // Every notification up to this number has been received.
+  let knownSeq = lastSeq; // The newest number the server has told about.
+  const aheadSeqs = new Set(); // Numbers received past a gap.
+  let resumeAskedAt = 0; // When the pending resume was asked (0: none pending).
+  let gapTimer = null;
   let attempt = 0;
   let heartbeat = null;
   let reconnectTimer = null;
@@ -44,6 +57,7 @@ function start(config) {
   window.shopNotifications = Object.freeze({
     get state() { return state; },
     get newestId() { return newestId; },
+    get lastSeq() { return lastSeq; },
   });
 
   // Connection ------------------------------------------------------------------------
@@ -69,10 +83,11 @@ function start(config) {
   function connect() {
     clearTimeout(reconnectTimer);
     reconnectTimer = null;
-    // The URL is built now, from the current newestId: ?after= makes the server replay
-    // whatever we missed while away, so we never also send a "resume" (that would replay twice).
+    // The URL is built now, from the current lastSeq: ?after_seq= makes the server replay
+    // whatever we missed while away (it counts as the pending resume, so none is sent twice).
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-    const url = `${scheme}${location.host}${config.socket_path}?after=${newestId}`;
+    const url = `${scheme}${location.host}${config.socket_path}?after_seq=${lastSeq}`;
+    resumeAskedAt = Date.now();
     let ws;
     try {
       ws = new WebSocket(url);
@@ -95,8 +110,12 @@ function start(config) {
       socket = null;
       clearInterval(heartbeat);
       heartbeat = null;
+      clearTimeout(gapTimer);
+      gapTimer = null;
+      resumeAskedAt = 0; // Whatever was asked is lost with the socket; the next connect asks again.
+      // Any other code, 1013 ("try again later": the server cannot reach Redis) included, backs off.
       if (event.code === CLOSE_SIGNED_OUT) {
-        // Signed out (here or in another tab): reconnecting would only be refused again.
+        // Signed out (here or in another tab), or the session ended: reconnecting would only be refused again.
         stopped = true;
         setState("offline");
         return;
@@ -133,20 +152,76 @@ function start(config) {
     }
     switch (frame.type) {
       case "hello":
-        setUnread(frame.unread); // The replay itself comes from ?after= on the URL.
+        setUnread(frame.unread); // The replay itself comes from ?after_seq= on the URL.
+        noteServerSeq(frame.last_seq);
         break;
       case "notification":
         receive(frame);
+        break;
+      case "replayed":
+        // The end of a replay: nothing up to last_seq is missing (a deleted notification included).
+        resumeAskedAt = 0;
+        clearTimeout(gapTimer);
+        gapTimer = null;
+        advanceTo(Number(frame.last_seq));
+        break;
+      case "pong":
+        noteServerSeq(frame.last_seq);
         break;
       case "unread":
         setUnread(frame.count);
         break;
       case "error":
         console.warn(`notifications: ${frame.code}: ${frame.detail}`);
+        if (frame.code === "rate_limited" && resumeAskedAt) resumeAskedAt = Date.now(); // Ask again later.
         break;
       default:
-        break; // "pong" and anything newer than this client: nothing to do.
+        break; // Anything newer than this client: nothing to do.
     }
+  }
+
+  // Gaps ---------------------------------------------------------------------------------
+
+  function noteSeq(value) {
+    const seq = Number(value);
+    if (!Number.isSafeInteger(seq) || seq <= lastSeq) return;
+    aheadSeqs.add(seq);
+    if (seq > knownSeq) knownSeq = seq;
+    advanceTo(lastSeq);
+  }
+
+  function noteServerSeq(value) {
+    const seq = Number(value);
+    if (Number.isSafeInteger(seq) && seq > knownSeq) knownSeq = seq;
+    checkGap();
+  }
+
+  function advanceTo(seq) {
+    if (Number.isSafeInteger(seq) && seq > lastSeq) lastSeq = seq;
+    while (aheadSeqs.delete(lastSeq + 1)) lastSeq += 1;
+    for (const seen of aheadSeqs) if (seen <= lastSeq) aheadSeqs.delete(seen);
+    if (lastSeq > knownSeq) knownSeq = lastSeq;
+    checkGap();
+  }
+
+  function checkGap() {
+    if (lastSeq >= knownSeq) {
+      clearTimeout(gapTimer);
+      gapTimer = null;
+      return;
+    }
+    if (gapTimer) return;
+    // A resume already asked gets its answer (or RESUME_RETRY_MS) first; a fresh gap its grace.
+    const wait = resumeAskedAt ? Math.max(0, resumeAskedAt + RESUME_RETRY_MS - Date.now()) : GAP_GRACE_MS;
+    gapTimer = setTimeout(() => {
+      gapTimer = null;
+      if (lastSeq >= knownSeq) return;
+      if (resumeAskedAt && Date.now() - resumeAskedAt < RESUME_RETRY_MS) {
+        checkGap();
+        return;
+      }
+      if (send({ type: "resume", after_seq: lastSeq })) resumeAskedAt = Date.now();
+    }, wait);
   }
 
   function remember(id) {
@@ -156,6 +231,7 @@ function start(config) {
 
   function receive(frame) {
     const id = Number(frame.id);
+    noteSeq(frame.seq);
     if (!Number.isSafeInteger(id) || seenIds.has(id)) return; // Push and replay overlap: show once.
     remember(id);
     if (!frame.read) showToast(frame);
