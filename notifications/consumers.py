@@ -340,6 +340,22 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
         # Read fresh from the store: the scope's session is the one loaded at the handshake.
         # Django's own get_user() then checks what a request would: the session exists and
         # has not expired, the user is still active, the password hash matches the session's.
-        session = import_module(settings.SESSION_ENGINE).SessionStore(session_key=self.session_key)
-        user = auth.get_user(SimpleNamespace(session=session))
+        store = import_module(settings.SESSION_ENGINE).SessionStore(session_key=self.session_key)
+        user = auth.get_user(SimpleNamespace(session=_ReadOnlySession(store.load())))
         return user.is_authenticated and user.pk == self.user_id
+
+
+class _ReadOnlySession(dict):
+    """Session data for auth.get_user() to read, and nothing more.
+
+    On a stale password hash get_user() flushes the session, and on a match with a
+    SECRET_KEY_FALLBACKS key it cycles the session key: both are for a request, which sends
+    the browser its new cookie. A socket cannot, so here they do nothing; the browser's next
+    request does them for real.
+    """
+
+    def flush(self):
+        pass
+
+    def cycle_key(self):
+        pass
