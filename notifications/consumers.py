@@ -104,12 +104,10 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
             await self._resume(query["after"][0], by_seq=False)
 
     async def disconnect(self, code):
-        for group in getattr(self, "subscriptions", []):
-            try:
-                await self.channel_layer.group_discard(group, self.channel_name)
-            except Exception:
-                # The layer is down: the membership expires by itself (group_expiry).
-                break
+        try:
+            await asyncio.wait_for(self._leave_groups(), timeout=settings.NOTIFICATIONS_SUBSCRIBE_TIMEOUT)
+        except Exception:
+            pass  # The layer is down or frozen: the membership expires by itself (group_expiry).
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
         if not hasattr(self, "user_id"):
@@ -299,6 +297,10 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
                 error,
             )
             return False
+
+    async def _leave_groups(self):
+        for group in getattr(self, "subscriptions", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
 
     async def _group_add_all(self):
         for group in self.subscriptions:
