@@ -6,6 +6,7 @@ an in-memory channel layer, so `make run` needs no server. See .env.example.
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -33,15 +34,15 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()] or default
 
 
-def env_int(name: str, default: int) -> int:
-    """Read a positive whole number."""
+def env_int(name: str, default: int, *, minimum: int = 1) -> int:
+    """Read a whole number, `minimum` or more (a positive one unless told)."""
     value = os.environ.get(name, "")
     try:
         number = int(value) if value.strip() else default
     except ValueError as error:
         raise ImproperlyConfigured(f"{name} must be a whole number, not {value!r}") from error
-    if number < 1:
-        raise ImproperlyConfigured(f"{name} must be 1 or more")
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name} must be {minimum} or more")
     return number
 
 
@@ -84,6 +85,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "channels",
+    # Login rate limiting (failed attempts are rows in the database) and the Content Security Policy.
+    "axes",
+    "csp",
     "shop",
     "notifications",
 ]
@@ -92,12 +96,16 @@ INSTALLED_APPS = [
 # their event loop and no thread is held while the bank answers.
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Sets the Content-Security-Policy header on every page, error pages included.
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "shop.urls"
@@ -205,6 +213,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# The axes backend comes first: it refuses a locked-out login before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "shop.backends.RateLimitedLoginBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "shop:catalog"
 LOGOUT_REDIRECT_URL = "shop:catalog"
@@ -215,9 +228,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-# Where collectstatic writes (and nginx reads). Two deployments on one checkout (make
-# prod-local and the topology test) each get their own.
-STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT") or BASE_DIR / "staticfiles")
+# Where collectstatic writes (and nginx reads); a relative path is taken from the project.
+# Two deployments on one checkout (make prod-local and the topology test) each get their own.
+STATIC_ROOT = BASE_DIR / (os.environ.get("DJANGO_STATIC_ROOT") or "staticfiles")
 # Daphne serves /static/ itself when this is on (development, tests); behind a proxy in
 # production, run collectstatic and let the proxy serve STATIC_ROOT instead.
 SERVE_STATIC = env_bool("DJANGO_SERVE_STATIC", DEBUG)
@@ -237,6 +250,11 @@ STORAGES = {
         )
     },
 }
+
+# Uploaded files (product photos and their renditions). Served by Django only in DEBUG
+# (shop/urls.py); in production the proxy serves MEDIA_ROOT at MEDIA_URL (README: Product images).
+MEDIA_URL = "media/"
+MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT") or BASE_DIR / "media")
 
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
@@ -308,6 +326,77 @@ LOGGING = {
     },
 }
 
+# Security -----------------------------------------------------------------------------
+
+# Cookies travel over HTTPS only in production. DJANGO_SECURE_COOKIES=false is for a
+# production-like run on plain http://127.0.0.1 (make prod-local), never for a real site.
 if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)
     CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)
+
+# Behind a proxy that ends TLS, Django sees plain HTTP: trust the proxy's X-Forwarded-Proto
+# only when told to, because a client reaching daphne directly could send the header itself.
+if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SSL_REDIRECT", False)
+# The proxy's and the orchestrator's probes speak plain HTTP to daphne itself.
+SECURE_REDIRECT_EXEMPT = [r"^healthz/?$", r"^readyz/?$"]
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+# Preloading is a promise to browsers that is slow to take back: only on request. Without it
+# `check --deploy` would warn (security.W021) on every deployment that sets HSTS.
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
+if SECURE_HSTS_SECONDS and not SECURE_HSTS_PRELOAD:
+    SILENCED_SYSTEM_CHECKS = ["security.W021"]
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# A failed CSRF check is nearly always a page left open across a login or logout: say so.
+CSRF_FAILURE_VIEW = "shop.views.csrf_failure"
+
+
+def _socket_sources(hosts: list[str]) -> list[str]:
+    """ws:// and wss:// sources for the allowed hosts, for the notifications socket.
+
+    CSP level 3 lets 'self' cover same-origin sockets, but older browsers (Safari before 15.4)
+    need the host spelled out. IPv6 literals cannot be written in a CSP source: 'self' covers them.
+    """
+    sources = []
+    for host in hosts:
+        if host == "*" or host.startswith("["):
+            continue
+        pattern = f"*{host}" if host.startswith(".") else host
+        sources += [f"ws://{pattern}:*", f"wss://{pattern}:*"]
+    return sources
+
+
+# Content Security Policy (django-csp 4): no inline script or style anywhere, in the shop or
+# the admin; data comes to scripts in json_script blocks. A page that breaks under it gets its
+# template fixed, not the policy widened.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'", *_socket_sources(ALLOWED_HOSTS)],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    }
+}
+
+# Login rate limiting (django-axes) on the shop's login and the admin's. Failures are counted
+# per username (from any address) and per client address (for any username); a login is
+# refused while either has reached the limit, until the cool-off time has passed since its
+# last failure (a failure during the lockout starts it again). A success does not wipe the
+# count: otherwise an attacker would reset the address's count by logging in to an account of
+# their own between guesses. Behind a proxy, run daphne with --proxy-headers (and let the
+# proxy set X-Forwarded-For) so that the client address is the shopper's, not the proxy's.
+AXES_FAILURE_LIMIT = env_int("DJANGO_LOGIN_FAILURE_LIMIT", 10)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("DJANGO_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = False
+AXES_LOCKOUT_CALLABLE = "shop.views.login_locked_out"
+AXES_HTTP_RESPONSE_CODE = 429
