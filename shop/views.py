@@ -2,19 +2,33 @@ import logging
 import secrets
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.mixins import LoginRequiredMixin
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.contrib.auth.views import redirect_to_login
+from django.db import DatabaseError
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
-from django.views.decorators.http import require_POST
+from django.urls import reverse, reverse_lazy
+from django.utils.http import urlencode
+from django.views.decorators.http import require_GET, require_POST
 from django.views.generic import DetailView, FormView, ListView
 
 from . import services
-from .forms import CartLineForm, CartRemoveForm, CartUpdateForm, CheckoutForm, SignUpForm
-from .models import Order, Product
+from .forms import (
+    AccountEmailForm,
+    AddressBookForm,
+    CartLineForm,
+    CartRemoveForm,
+    CartUpdateForm,
+    CheckoutForm,
+    SignUpForm,
+)
+from .models import Category, Order, Product
+from .money import format_money
 from .payments import PaymentError
 from .receivers import SESSION_CART_KEY
 from .redirects import local_redirect_target
@@ -25,22 +39,87 @@ CHECKOUT_TOKEN_SESSION_KEY = "checkout_token"
 CHECKOUT_FINGERPRINT_SESSION_KEY = "checkout_cart"
 
 
+def _query_without_page(request: HttpRequest) -> str:
+    """The current query string minus `page`, for pagination links that keep the filters."""
+    return urlencode([(key, value) for key, value in request.GET.items() if key != "page"])
+
+
 class CatalogView(ListView):
-    queryset = Product.objects.available()
+    """All products, or one category's (`?category=<slug>`, or /categories/<slug>/), sorted by `?sort=`."""
+
     template_name = "shop/catalog.html"
     context_object_name = "products"
     paginate_by = 12
+    category: Category | None = None
+
+    def get(self, request, *args, **kwargs):
+        slug = kwargs.get("slug") or request.GET.get("category")
+        self.category = get_object_or_404(Category, slug=slug) if slug else None
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        return services.catalog_products(category=self.category, sort=self.request.GET.get("sort"))
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(
+            category=self.category,
+            categories=services.list_categories(),
+            sort=services.sort_for(self.request.GET.get("sort")),
+            sorts=services.SORTS.values(),
+            page_query=_query_without_page(self.request),
+            **kwargs,
+        )
+
+
+class SearchView(ListView):
+    """Products matching `?q=`, best first; an empty query shows the search form alone."""
+
+    template_name = "shop/search.html"
+    context_object_name = "products"
+    paginate_by = 12
+
+    def get_queryset(self):
+        self.query = services.normalize_query(self.request.GET.get("q"))
+        return services.search_products(query=self.query)
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(
+            query=self.query,
+            categories=services.list_categories(),
+            page_query=_query_without_page(self.request),
+            **kwargs,
+        )
 
 
 class ProductDetailView(DetailView):
-    queryset = Product.objects.available()
+    queryset = Product.objects.available().select_related("category")
     template_name = "shop/product_detail.html"
     context_object_name = "product"
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         context.setdefault("form", CartLineForm(initial={"product": self.object.pk, "quantity": 1}))
+        context["in_cart"] = services.quantity_in_cart(cart=_shopper_cart(self.request), product=self.object)
         return context
+
+
+ROBOTS_DISALLOWED = [
+    "/admin/",
+    "/cart/",
+    "/checkout/",
+    "/orders/",
+    "/account/",
+    "/accounts/",
+    "/notifications/",
+    "/search/",
+]
+
+
+@require_GET
+def robots_txt(request: HttpRequest) -> HttpResponse:
+    """Let search engines read the catalog, not the pages that are one shopper's own."""
+    lines = ["User-agent: *", *(f"Disallow: {path}" for path in ROBOTS_DISALLOWED), ""]
+    return HttpResponse("\n".join(lines), content_type="text/plain; charset=utf-8")
 
 
 # Cart -------------------------------------------------------------------------------
@@ -57,7 +136,10 @@ def _redirect_back(request: HttpRequest, fallback: str) -> HttpResponse:
     return HttpResponseRedirect(local_redirect_target(request, request.POST.get("next", ""), fallback=fallback))
 
 
-def cart_detail(request: HttpRequest) -> HttpResponse:
+def _render_cart(
+    request: HttpRequest, *, line_error: tuple[int, str, str] | None = None, status: int = 200
+) -> HttpResponse:
+    """Render the cart; `line_error` (product id, what was typed, message) is shown at its line."""
     cart = _shopper_cart(request)
     lines = list(cart.lines_with_products()) if cart else []
     problems = [
@@ -65,7 +147,25 @@ def cart_detail(request: HttpRequest) -> HttpResponse:
         for line in lines
         if (problem := services.availability_problem(product=line.product, quantity=line.quantity))
     ]
-    return render(request, "shop/cart.html", {"cart": cart, "lines": lines, "problems": problems})
+    rows = []
+    for line in lines:
+        error = line_error if line_error and line_error[0] == line.product_id else None
+        rows.append({"line": line, "typed": error[1] if error else line.quantity, "error": error[2] if error else ""})
+    if line_error and not any(row["error"] for row in rows):
+        messages.error(request, line_error[2])  # Not a line of this cart: say it at the top.
+    context = {"cart": cart, "lines": lines, "rows": rows, "problems": problems}
+    return render(request, "shop/cart.html", context, status=status)
+
+
+def cart_detail(request: HttpRequest) -> HttpResponse:
+    return _render_cart(request)
+
+
+def _product_page(request: HttpRequest, product: Product, form: CartLineForm, *, status: int) -> HttpResponse:
+    in_cart = services.quantity_in_cart(cart=_shopper_cart(request), product=product)
+    return render(
+        request, "shop/product_detail.html", {"product": product, "form": form, "in_cart": in_cart}, status=status
+    )
 
 
 def _rerender_product_with_errors(request: HttpRequest, form: CartLineForm) -> HttpResponse:
@@ -73,7 +173,7 @@ def _rerender_product_with_errors(request: HttpRequest, form: CartLineForm) -> H
     if product is None:
         messages.error(request, " ".join(error for errors in form.errors.values() for error in errors))
         return redirect(reverse("shop:cart") if request.path != reverse("shop:cart_add") else reverse("shop:catalog"))
-    return render(request, "shop/product_detail.html", {"product": product, "form": form}, status=400)
+    return _product_page(request, product, form, status=400)
 
 
 @require_POST
@@ -86,27 +186,30 @@ def cart_add(request: HttpRequest) -> HttpResponse:
         services.add_to_cart(cart=_shopper_cart(request, create=True), product=product, quantity=quantity)
     except services.ShopError as error:
         form.add_error("quantity", error.message)
-        return render(request, "shop/product_detail.html", {"product": product, "form": form}, status=409)
+        return _product_page(request, product, form, status=409)
     messages.success(request, f"Added {quantity} × {product.name} to your cart.")
     return _redirect_back(request, reverse("shop:cart"))
 
 
 @require_POST
 def cart_update(request: HttpRequest) -> HttpResponse:
+    """Set a line's quantity; a refusal is shown at that line, with what was typed still in the box."""
     form = CartUpdateForm(request.POST)
+    typed = request.POST.get("quantity", "")[:12]
     if not form.is_valid():
-        messages.error(request, " ".join(error for errors in form.errors.values() for error in errors))
-        return redirect("shop:cart")
+        product = form.cleaned_data.get("product")
+        message = " ".join(error for errors in form.errors.values() for error in errors)
+        if product is None:  # No line to show it at.
+            messages.error(request, message)
+            return redirect("shop:cart")
+        return _render_cart(request, line_error=(product.pk, typed, message), status=400)
     product, quantity = form.cleaned_data["product"], form.cleaned_data["quantity"]
     cart = _shopper_cart(request, create=True)
     try:
         services.update_cart_line(cart=cart, product=product, quantity=quantity)
     except services.ShopError as error:
-        messages.error(request, error.message)
-    else:
-        messages.success(
-            request, f"Removed {product.name}." if quantity == 0 else f"Updated {product.name} to {quantity}."
-        )
+        return _render_cart(request, line_error=(product.pk, typed, error.message), status=409)
+    messages.success(request, f"Removed {product.name}." if quantity == 0 else f"Updated {product.name} to {quantity}.")
     return redirect("shop:cart")
 
 
@@ -153,8 +256,12 @@ def _render_checkout(
         for line in lines
         if (problem := services.availability_problem(product=line.product, quantity=line.quantity))
     }
+    addresses = services.list_addresses(user=request.user)
+    if form is None:
+        form = CheckoutForm(initial=_checkout_initial(request, addresses))
     context = {
-        "form": CheckoutForm() if form is None else form,
+        "form": form,
+        "addresses": addresses,
         "cart": cart,
         "lines": [(line, line_problems.get(line.pk)) for line in lines],
         "has_problems": bool(line_problems),
@@ -164,6 +271,18 @@ def _render_checkout(
     return render(request, "shop/checkout.html", context, status=status)
 
 
+def _checkout_initial(request: HttpRequest, addresses: list) -> dict:
+    """Start from the address the shopper picked (`?address=<id>`), else their default one."""
+    user = request.user
+    initial = {"email": user.email, "full_name": user.get_full_name(), "save_address": True}
+    chosen = request.GET.get("address", "")
+    address = next((address for address in addresses if str(address.pk) == chosen), None)
+    address = address or next((address for address in addresses if address.is_default), None)
+    if address is not None:
+        initial.update(services.ShippingAddress.of(address).__dict__, address_id=address.pk)
+    return initial
+
+
 def _checkout_token_is_current(request: HttpRequest, token: str) -> bool:
     if token == request.session.get(CHECKOUT_TOKEN_SESSION_KEY):
         return True
@@ -171,13 +290,16 @@ def _checkout_token_is_current(request: HttpRequest, token: str) -> bool:
     return Order.objects.filter(checkout_token=token, user=request.user).exists()
 
 
-@login_required
 async def checkout(request: HttpRequest) -> HttpResponse:
     """Show the checkout, or pay: the shopper waits for the bank, no thread does.
 
     Database work goes through sync_to_async; messages only queue on the request (the
     middleware stores them), so they are added directly.
     """
+    if not (await request.auser()).is_authenticated:
+        # Say why the shopper lands on the login page, and that nothing is lost.
+        messages.info(request, "Please log in or create an account to check out. Your cart will be waiting for you.")
+        return redirect_to_login(request.get_full_path())
     if request.method == "GET":
         return await sync_to_async(_render_checkout)(request)
     if request.method != "POST":
@@ -197,8 +319,16 @@ async def checkout(request: HttpRequest) -> HttpResponse:
         shown = None
 
     user = await request.auser()
+    shipping = form.shipping_address()
     try:
-        order = await services.place_order(user=user, checkout_token=token, card=form.card(), cart_fingerprint=shown)
+        order = await services.place_order(
+            user=user,
+            checkout_token=token,
+            card=form.card(),
+            cart_fingerprint=shown,
+            shipping=shipping,
+            email=form.cleaned_data["email"],
+        )
     except services.PaymentNotRecorded as unrecorded:
         # The database is down: no session, no messages, no context processors. A page
         # that needs none of them tells the shopper the truth; reconciliation does the rest.
@@ -215,12 +345,18 @@ async def checkout(request: HttpRequest) -> HttpResponse:
         return redirect("shop:cart")
     except PaymentError as error:
         logger.info("Checkout %s by %s refused: %s", token[:8], user.pk, error.message)
-        messages.error(request, error.message)
+        # Shown in the card form, next to what to change (a banner at the top is off screen on a phone).
+        form.add_error(None, error.message)
         # The refused token is spent at the bank: the next attempt gets a fresh one.
         return await sync_to_async(_render_checkout)(request, form, new_token=True, status=402)
 
     await request.session.apop(CHECKOUT_TOKEN_SESSION_KEY, None)
     await request.session.apop(CHECKOUT_FINGERPRINT_SESSION_KEY, None)
+    if form.cleaned_data["save_address"] and order.checkout_token == token:
+        try:
+            await sync_to_async(services.remember_address)(user=user, address=shipping)
+        except DatabaseError as error:  # The order is placed; a missing address book entry is no reason to fail.
+            logger.warning("Order %s: could not remember the shipping address: %r", order.number, error)
     if order.status == Order.Status.PAID and order.checkout_token == token:
         messages.success(request, f"Thank you! Order {order.number} is paid.")
     elif order.status == Order.Status.PENDING:
@@ -253,10 +389,135 @@ class OrderDetailView(LoginRequiredMixin, DetailView):
     def get_object(self, queryset=None):
         # Another shopper's order is a 404, not a 403: its existence is not theirs to know.
         return get_object_or_404(
-            Order.objects.prefetch_related("lines", "events", "payments"),
+            Order.objects.select_related("user").prefetch_related("lines", "events", "payments"),
             number=self.kwargs["number"],
             user=self.request.user,
         )
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(
+            timeline=services.order_timeline(order=self.object),
+            can_cancel=services.shopper_cancel_problem(order=self.object) is None,
+            **kwargs,
+        )
+
+
+@login_required
+def order_cancel(request: HttpRequest, number: str) -> HttpResponse:
+    """Ask "cancel this order?" (GET), then cancel it (POST): refund, stock back, notification."""
+    order = get_object_or_404(Order, number=number, user=request.user)
+    if request.method == "POST":
+        try:
+            services.cancel_order_for_shopper(order=order, user=request.user)
+        except (services.InvalidTransition, PaymentError) as error:
+            messages.error(request, error.message)
+        else:
+            messages.success(
+                request,
+                f"Order {order.number} is cancelled. The {format_money(order.total, order.currency)} "
+                "you paid is on its way back to your card.",
+            )
+        return redirect(order)
+    if request.method != "GET":
+        return HttpResponse(status=405, headers={"Allow": "GET, POST"})
+    problem = services.shopper_cancel_problem(order=order)
+    return render(
+        request, "shop/order_cancel.html", {"order": order, "problem": problem}, status=409 if problem else 200
+    )
+
+
+# Account ------------------------------------------------------------------------------
+
+
+@login_required
+def account(request: HttpRequest) -> HttpResponse:
+    """The shopper's account: username, email (POST changes it), password, address book."""
+    form = AccountEmailForm(request.POST or None, initial={"email": request.user.email})
+    if request.method == "POST":
+        if form.is_valid():
+            services.change_email(user=request.user, email=form.cleaned_data["email"])
+            messages.success(request, f"Your email is now {request.user.email}.")
+            return redirect("shop:account")
+        status = 400
+    else:
+        status = 200
+    context = {
+        "email_form": form,
+        "addresses": services.list_addresses(user=request.user),
+        "default_address": services.default_address(user=request.user),
+    }
+    return render(request, "shop/account.html", context, status=status)
+
+
+class AccountPasswordView(auth_views.PasswordChangeView):
+    """Django's password change (it keeps this session signed in), on the shop's page."""
+
+    template_name = "shop/account_password.html"
+    success_url = reverse_lazy("shop:account")
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        messages.success(self.request, "Your password was changed.")
+        return response
+
+
+def _address_form_page(request: HttpRequest, form: AddressBookForm, *, address=None, status: int = 200):
+    return render(request, "shop/address_form.html", {"form": form, "address": address}, status=status)
+
+
+@login_required
+def address_add(request: HttpRequest) -> HttpResponse:
+    form = AddressBookForm(request.POST or None)
+    if request.method == "POST":
+        if not form.is_valid():
+            return _address_form_page(request, form, status=400)
+        services.add_address(
+            user=request.user, address=form.shipping_address(), make_default=form.cleaned_data["make_default"]
+        )
+        messages.success(request, "Address saved.")
+        return redirect("shop:account")
+    return _address_form_page(request, form)
+
+
+@login_required
+def address_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        address = services.get_address(user=request.user, address_id=pk)
+    except services.AddressNotFound as error:
+        raise Http404(error.message) from error
+    initial = {**services.ShippingAddress.of(address).__dict__, "make_default": address.is_default}
+    form = AddressBookForm(request.POST or None, initial=initial)
+    if request.method == "POST":
+        if not form.is_valid():
+            return _address_form_page(request, form, address=address, status=400)
+        services.update_address(user=request.user, address_id=pk, address=form.shipping_address())
+        if form.cleaned_data["make_default"]:
+            services.set_default_address(user=request.user, address_id=pk)
+        messages.success(request, "Address updated.")
+        return redirect("shop:account")
+    return _address_form_page(request, form, address=address)
+
+
+@require_POST
+@login_required
+def address_make_default(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        services.set_default_address(user=request.user, address_id=pk)
+    except services.AddressNotFound as error:
+        raise Http404(error.message) from error
+    messages.success(request, "Your next orders will go to this address.")
+    return redirect("shop:account")
+
+
+@require_POST
+@login_required
+def address_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        services.delete_address(user=request.user, address_id=pk)
+    except services.AddressNotFound as error:
+        raise Http404(error.message) from error
+    messages.success(request, "Address removed. Orders already placed keep their address.")
+    return redirect("shop:account")
 
 
 class SignUpView(FormView):
@@ -265,8 +526,52 @@ class SignUpView(FormView):
 
     def form_valid(self, form):
         user = form.save()
+        self.request.shop_new_account = True  # The login receiver's "welcome back" is not for a new account.
         login(self.request, user, backend="django.contrib.auth.backends.ModelBackend")
         messages.success(self.request, f"Welcome, {user.username}! Your account is ready.")
         return HttpResponseRedirect(
             local_redirect_target(self.request, self.request.GET.get("next", ""), fallback=reverse("shop:catalog"))
         )
+
+
+class LogoutView(auth_views.LogoutView):
+    """Log out on POST, as Django does; on GET, show a page with the logout button.
+
+    A GET must not log anyone out (any page could embed the link), but a typed or followed
+    /accounts/logout/ deserves more than an empty 405.
+    """
+
+    http_method_names = ["get", "post", "options"]
+
+    def get(self, request, *args, **kwargs):
+        return render(request, "registration/logout.html", {"next": request.GET.get("next", "")})
+
+
+# Security answers -------------------------------------------------------------------
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """Explain a failed CSRF check (settings.CSRF_FAILURE_VIEW): nearly always a stale page.
+
+    A form rendered before a login or logout (here or in another tab) carries a token of the
+    old session. Rendered with the request, so the page's own forms get a fresh token.
+    """
+    return render(request, "403_csrf.html", {"reason": reason if settings.DEBUG else ""}, status=403)
+
+
+def login_locked_out(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    """The lockout page for a refused login (settings.AXES_LOCKOUT_CALLABLE), shop or admin.
+
+    axes calls it with (request, response, credentials) from sync code and (request,
+    credentials) from async code; neither is needed: the page names no account.
+    """
+    cool_off = settings.AXES_COOLOFF_TIME
+    response = render(
+        request,
+        "registration/locked_out.html",
+        {"cooloff_minutes": int(cool_off.total_seconds() // 60), "failure_limit": settings.AXES_FAILURE_LIMIT},
+        status=settings.AXES_HTTP_RESPONSE_CODE,
+    )
+    # The earliest moment a retry can succeed, for clients that read it.
+    response["Retry-After"] = str(int(cool_off.total_seconds()))
+    return response

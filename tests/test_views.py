@@ -10,6 +10,7 @@ from asgiref.sync import async_to_sync
 from shop import services
 from shop.models import Cart, Order, Payment, Product
 from shop.payments import Card
+from tests.checkout_data import shipping_fields
 
 NEXT_YY = f"{(date.today().year + 1) % 100:02d}"
 APPROVED = "4242 4242 4242 4242"
@@ -55,10 +56,9 @@ def checkout_token(client) -> str:
     return token
 
 
-def pay(client, token, number=APPROVED, expiry=None, cvc="123"):
-    return client.post(
-        "/checkout/", {"number": number, "expiry": expiry or f"12/{NEXT_YY}", "cvc": cvc, "checkout_token": token}
-    )
+def pay(client, token, number=APPROVED, expiry=None, cvc="123", **fields):
+    data = {"number": number, "expiry": expiry or f"12/{NEXT_YY}", "cvc": cvc, "checkout_token": token}
+    return client.post("/checkout/", {**shipping_fields(), **data, **fields})
 
 
 # Catalog and product pages ----------------------------------------------------------
@@ -156,7 +156,7 @@ def test_cart_page_warns_about_lines_that_no_longer_fit_the_stock(shopper_client
     [
         ("0", "Enter 1 or more."),
         ("-1", "Enter 1 or more."),
-        ("21", "You can buy at most 20 per order."),
+        ("21", "You can buy at most 20 of Kettle per order."),
         ("abc", "Enter a whole number."),
         ("", "Enter a quantity."),
         ("1.5", "Enter a whole number."),
@@ -223,21 +223,38 @@ def test_update_to_zero_removes_the_line(shopper_client, shopper, kettle):
 
 
 @pytest.mark.parametrize(
+    ("data", "status", "error"),
+    [
+        ({"quantity": "-1"}, 400, "Enter 0 or more."),
+        ({"quantity": "21"}, 400, "You can buy at most 20 of Kettle per order."),
+        ({"quantity": "9" * 30}, 400, "You can buy at most 20 of Kettle per order."),
+        ({"quantity": "abc"}, 400, "Enter a whole number."),
+        ({"quantity": ""}, 400, "Enter a quantity."),
+        ({"quantity": "11"}, 409, "Only 10 left of Kettle."),
+    ],
+)
+def test_bad_update_is_shown_at_its_line_and_keeps_the_line(shopper_client, shopper, kettle, data, status, error):
+    fill_cart(shopper, kettle, 2)
+    response = shopper_client.post("/cart/update/", {"product": kettle.pk, **data})
+    assert response.status_code == status
+    page = text(response)
+    row = re.search(rf'<tr data-product="{kettle.slug}"[^>]*>.*?</tr>', page, re.DOTALL)[0]
+    assert f'<p class="line-error" id="quantity-{kettle.pk}-error" role="alert">{error}</p>' in row
+    assert 'aria-invalid="true"' in row
+    assert 'class="messages' not in page  # At the line, not in a banner above the table.
+    assert cart_quantities(shopper) == {"Kettle": 2}
+
+
+@pytest.mark.parametrize(
     ("data", "error"),
     [
-        ({"quantity": "-1"}, "Enter 0 or more."),
-        ({"quantity": "21"}, "You can buy at most 20 per order."),
-        ({"quantity": "9" * 30}, "You can buy at most 20 per order."),
-        ({"quantity": "abc"}, "Enter a whole number."),
-        ({"quantity": ""}, "Enter a quantity."),
-        ({"quantity": "11"}, "Only 10 left of Kettle."),
         ({"product": "999999", "quantity": "1"}, "That product is not in our catalog."),
         ({"product": "", "quantity": "1"}, "Choose a product."),
     ],
 )
-def test_bad_update_says_why_and_keeps_the_line(shopper_client, shopper, kettle, data, error):
+def test_update_of_an_unknown_product_says_why_at_the_top(shopper_client, shopper, kettle, data, error):
     fill_cart(shopper, kettle, 2)
-    response = shopper_client.post("/cart/update/", {"product": kettle.pk, **data}, follow=True)
+    response = shopper_client.post("/cart/update/", data, follow=True)
     assert response.status_code == 200
     assert response.redirect_chain[-1][0] == "/cart/"
     assert error in text(response)
@@ -262,7 +279,8 @@ def test_bad_remove_says_why(shopper_client, shopper, kettle, product, error):
     assert cart_quantities(shopper) == {"Kettle": 2}
 
 
-@pytest.mark.parametrize("url", ["/cart/add/", "/cart/update/", "/cart/remove/", "/accounts/logout/"])
+# GET /accounts/logout/ shows a confirmation page instead: tests/test_security.py.
+@pytest.mark.parametrize("url", ["/cart/add/", "/cart/update/", "/cart/remove/"])
 def test_get_on_a_post_only_endpoint_is_405(client, db, url):
     assert client.get(url).status_code == 405
 
@@ -354,6 +372,7 @@ def test_resubmitting_a_successful_checkout_finds_the_same_order(shopper_client,
 def test_checkout_with_a_bad_card_is_400_with_the_error(shopper_client, shopper, kettle, bank, field, value, error):
     fill_cart(shopper, kettle, 2)
     data = {
+        **shipping_fields(),
         "number": APPROVED,
         "expiry": f"12/{NEXT_YY}",
         "cvc": "123",
@@ -499,8 +518,11 @@ def test_order_detail_shows_lines_timeline_and_payment(shopper_client, shopper, 
     page = text(response)
     assert order.number in page
     assert "Kettle" in page and "€50.00" in page
-    assert "Pending payment" in page and "Paid" in page
-    assert "•••• 4242" in page
+    # The timeline speaks the shopper's language: no stock notes, no charge references.
+    assert "Order placed" in page and "Payment received" in page
+    assert "Stock reserved" not in page and "awaiting the bank" not in page
+    assert order.payments.get().reference not in page
+    assert "card ending 4242" in page
 
 
 def test_another_shoppers_order_is_404(shopper_client, other_shopper, kettle):
