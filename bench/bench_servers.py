@@ -1,14 +1,16 @@
-"""Processes and sockets the benchmark starts: daphne servers, a black-hole "Redis", port probes.
+"""Processes and resources the benchmark starts: daphne servers, a task worker, a throw-away
+PostgreSQL database, port and process probes.
 
 Everything binds 127.0.0.1 on a free port, and everything started here is stopped by the
 caller in a `finally`; the child processes also die with the bench (PR_SET_PDEATHSIG).
 """
 
 import os
+import resource
+import secrets
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -55,8 +57,17 @@ def run_manage(root: Path, python: Path, env: dict, *args: str, timeout: float =
 class DaphneServer:
     """One `daphne shop.asgi:application` on a free 127.0.0.1 port, with its own log file."""
 
-    def __init__(self, *, name: str, root: Path, daphne: Path, env: dict, log_dir: Path):
-        self.name = name
+    def __init__(
+        self,
+        *,
+        name: str,
+        root: Path,
+        daphne: Path,
+        env: dict,
+        log_dir: Path,
+        app: str = "bench.bench_asgi:application",
+    ):
+        self.name, self.app = name, app
         self.root, self.daphne, self.env = root, daphne, env
         self.port = free_port()
         self.log_path = log_dir / f"daphne-{name}.log"
@@ -70,7 +81,7 @@ class DaphneServer:
     def start(self, *, ready_timeout: float = 30.0) -> "DaphneServer":
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            dying_with_bench([str(self.daphne), "-b", "127.0.0.1", "-p", str(self.port), "shop.asgi:application"]),
+            dying_with_bench([str(self.daphne), "-b", "127.0.0.1", "-p", str(self.port), self.app]),
             cwd=self.root,
             env=self.env,
             stdout=self._log,
@@ -113,59 +124,6 @@ def port_answers(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-class BlackHoleServer:
-    """A TCP server that accepts connections and never answers: a Redis that hangs.
-
-    Accepted sockets are held open (never read, never written) until stop().
-    """
-
-    def __init__(self):
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(128)
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self.held: list[socket.socket] = []
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._accept_forever, name="black-hole", daemon=True)
-
-    def start(self) -> "BlackHoleServer":
-        self._thread.start()
-        return self
-
-    def _accept_forever(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                connection, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.held.append(connection)
-
-    def still_open(self) -> int:
-        """How many accepted connections the client has not closed (drains what it sent)."""
-        open_count = 0
-        for connection in list(self.held):
-            connection.setblocking(False)
-            try:
-                while connection.recv(65536):
-                    pass
-            except BlockingIOError:
-                open_count += 1
-            except OSError:
-                pass
-        return open_count
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join(timeout=2)
-        self._listener.close()
-        for connection in self.held:
-            connection.close()
-
-
 def redis_command(port: int, *parts: str, db: int | None = None, timeout: float = 1.0) -> list[bytes]:
     """Send commands to Redis on 127.0.0.1 (RESP, no client library); return the reply lines."""
     commands = ([("SELECT", str(db))] if db is not None else []) + [parts]
@@ -196,11 +154,145 @@ def redis_reachable(port: int) -> str | None:
     return None
 
 
-def flush_redis_db(port: int, db: int) -> None:
-    reply = redis_command(port, "FLUSHDB", db=db)
-    if reply != [b"+OK", b"+OK"]:
-        raise RuntimeError(f"FLUSHDB on Redis db {db} answered {reply!r}")
-
-
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class Worker:
+    """`manage.py db_worker` (the task worker) beside the servers, with its own log file."""
+
+    def __init__(self, *, root: Path, python: Path, env: dict, log_dir: Path):
+        self.root, self.python, self.env = root, python, env
+        self.log_path = log_dir / "worker.log"
+        self.process: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self) -> "Worker":
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            dying_with_bench([str(self.python), "manage.py", "db_worker", "--no-reload"]),
+            cwd=self.root,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class PostgresDatabase:
+    """A database of this run's own on the shared PostgreSQL server: created, then dropped.
+
+    Its name is unique (pid and random), so two runs, or a run beside the test suite, never meet.
+    """
+
+    def __init__(self, server_url: str):
+        import psycopg
+
+        self.psycopg = psycopg
+        self.server_url = server_url.rstrip("/")
+        self.name = f"shop_bench_{os.getpid()}_{secrets.token_hex(3)}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.server_url}/{self.name}"
+
+    def _admin(self):
+        return self.psycopg.connect(f"{self.server_url}/postgres", autocommit=True, connect_timeout=5)
+
+    def create(self) -> "PostgresDatabase":
+        with self._admin() as connection:
+            connection.execute(f'CREATE DATABASE "{self.name}"')
+        return self
+
+    def drop(self) -> None:
+        with self._admin() as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+    def max_connections(self) -> int:
+        with self._admin() as connection:
+            return int(connection.execute("SHOW max_connections").fetchone()[0])
+
+
+def postgres_problem(server_url: str) -> str | None:
+    """Return None if PostgreSQL answers at `server_url`, else the reason it does not."""
+    try:
+        import psycopg
+
+        with psycopg.connect(f"{server_url.rstrip('/')}/postgres", connect_timeout=3) as connection:
+            connection.execute("SELECT 1")
+    except Exception as error:
+        return f"PostgreSQL at {server_url} is unreachable ({str(error).strip().splitlines()[0]})"
+    return None
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's open-files limit (inherited by every server and client) to its hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_stats(pid: int) -> dict:
+    """RSS (KiB), CPU seconds (user + system) and threads of a running process, from /proc."""
+    stats = {"rss_kib": None, "cpu_s": None, "threads": None}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                stats["rss_kib"] = int(line.split()[1])
+            elif line.startswith("Threads:"):
+                stats["threads"] = int(line.split()[1])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        stats["cpu_s"] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        pass
+    return stats
+
+
+def open_files(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def machine_description() -> dict:
+    """What the figures ran on: CPU model and count, memory, kernel, Python, PostgreSQL and Redis come later."""
+    import platform
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        memory_kib = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
+    except (OSError, StopIteration, ValueError):
+        memory_kib = 0
+    return {
+        "cpu_model": model,
+        "cpus": cpu_count(),
+        "memory_gib": round(memory_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+    }
