@@ -21,6 +21,7 @@ from django.utils import timezone
 from django_tasks import TaskResultStatus, task
 from django_tasks_db.models import DBTaskResult
 
+from shop import services as shop_services
 from shop.models import Order
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ def build_order_confirmation(order: Order) -> EmailMessage:
         subject=f"Your order {order.number} is confirmed",
         body=body,
         from_email=settings.DEFAULT_FROM_EMAIL,
-        to=[order.user.email],
+        # The address given at checkout, else the account's.
+        to=[order.receipt_email],
     )
 
 
@@ -57,7 +59,7 @@ def send_order_confirmation(*, order_id: int, attempt: int = 1) -> dict:
     with the mail server down this happens for every order).
     """
     order = Order.objects.select_related("user").filter(pk=order_id).first()
-    if order is None or not order.user.email:
+    if order is None or not order.receipt_email:
         return {"sent": False, "reason": "no order or no address"}
     if confirmation_already_sent(order_id=order_id):
         logger.info("The confirmation email of order %s was already sent; not sending it again", order.number)
@@ -82,6 +84,12 @@ def send_order_confirmation(*, order_id: int, attempt: int = 1) -> dict:
             delay.total_seconds(),
         )
         return {"sent": False, "next_attempt": attempt + 1}
+    try:
+        # The order page says where the receipt went. The email is out either way: a failure
+        # to note it must not fail the task (a FAILED result could lead to a second email).
+        shop_services.record_receipt_sent(order_id=order.pk, sent_to=order.receipt_email)
+    except Exception as error:
+        logger.warning("Sent the confirmation email of order %s but could not note it: %r", order.number, error)
     return {"sent": True}
 
 

@@ -4,14 +4,20 @@ from django.contrib.admin import helpers
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.core.validators import MaxValueValidator
+from django.db.models import Count
 from django.forms.models import BaseInlineFormSet
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from . import services
-from .models import Order, OrderEvent, OrderLine, Payment, Product, StockMovement
+from .models import Address, Category, Order, OrderEvent, OrderLine, Payment, Product, StockMovement
 from .payments import PaymentError
+
+# The admin carries the shop's name, not Django's.
+admin.site.site_header = "Storefront administration"
+admin.site.site_title = "Storefront admin"
+admin.site.index_title = "Run the shop"
 
 # Stock --------------------------------------------------------------------------------------
 # Stock is read-only everywhere in the admin: it changes only through the stock services,
@@ -56,7 +62,7 @@ class ProductAdminForm(forms.ModelForm):
 
     class Meta:
         model = Product
-        fields = ["name", "slug", "description", "price", "stock", "is_active"]
+        fields = ["name", "slug", "category", "description", "price", "image", "image_alt", "stock", "is_active"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -137,29 +143,75 @@ class StockMovementInline(admin.TabularInline):
         return False
 
 
+@admin.register(Category)
+class CategoryAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "product_count"]
+    search_fields = ["name", "description"]
+    prepopulated_fields = {"slug": ["name"]}
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(product_count=Count("products"))
+
+    @admin.display(description="Products", ordering="product_count")
+    def product_count(self, obj: Category) -> int:
+        return obj.product_count
+
+
 @admin.register(Product)
 class ProductAdmin(admin.ModelAdmin):
     form = ProductAdminForm
-    list_display = ["name", "price", "stock", "is_active", "created_at"]
+    list_display = ["thumbnail", "name", "category", "price", "stock", "is_active", "created_at"]
+    list_display_links = ["thumbnail", "name"]
     list_editable = ["price", "is_active"]
-    list_filter = ["is_active", "created_at"]
+    list_filter = ["is_active", "category", "created_at"]
+    list_select_related = ["category"]
     search_fields = ["name", "slug", "description"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [StockMovementInline]
     actions = ["receive_stock"]
 
     def get_fieldsets(self, request, obj=None):
-        details = (None, {"fields": ["name", "slug", "description", "price", "is_active"]})
+        details = (None, {"fields": ["name", "slug", "category", "description", "price", "is_active"]})
+        photo = ("Photo", {"fields": ["image", "image_alt", *(["photo_preview"] if obj is not None else [])]})
         if obj is None:
-            return [(None, {"fields": [*details[1]["fields"], "stock"]})]
+            return [(None, {"fields": [*details[1]["fields"], "stock"]}), photo]
         stock = {
             "fields": ["stock", ("stock_change", "stock_reason"), "stock_note", "stock_history"],
             "description": "Stock changes only by movements: a sale, a return, or a change you make here.",
         }
-        return [details, ("Stock", stock)]
+        return [details, photo, ("Stock", stock)]
 
     def get_readonly_fields(self, request, obj=None):
-        return ["stock", "stock_history"] if obj is not None else []
+        return ["stock", "stock_history", "photo_preview"] if obj is not None else []
+
+    @admin.display(description="Photo")
+    def thumbnail(self, obj: Product) -> str:
+        if not obj.image_tile:
+            return "—"
+        return format_html('<img src="{}" width="64" height="48" alt="">', obj.image_tile.url)
+
+    @admin.display(description="As shoppers see it")
+    def photo_preview(self, obj: Product) -> str:
+        if not obj.image_tile:
+            return "No photo: the catalog shows a coloured tile with the product's initials."
+        return format_html(
+            '<img src="{}" width="240" height="180" alt="{}">',
+            obj.image_tile.url,
+            obj.image_alt_text,
+        )
+
+    def save_form(self, request, form, change):
+        self._photo_changed = "image" in form.changed_data
+        return super().save_form(request, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        if getattr(self, "_photo_changed", False):
+            # The renditions the pages show are made from the uploaded photo (or cleared with it).
+            try:
+                services.make_product_renditions(product=form.instance)
+            except services.InvalidImage as error:
+                self.message_user(request, error.message, messages.ERROR)
 
     @admin.display(description="History")
     def stock_history(self, obj: Product) -> str:
@@ -324,12 +376,44 @@ def _status_action(transition: services.Transition):
 @admin.register(Order)
 class OrderAdmin(admin.ModelAdmin):
     form = OrderAdminForm
-    list_display = ["number", "user", "status", "total", "currency", "created_at"]
-    list_filter = ["status", "created_at"]
+    list_display = ["number", "user", "status", "total", "currency", "ship_to", "created_at"]
+    list_filter = ["status", "shipping_country", "created_at"]
     date_hierarchy = "created_at"
-    search_fields = ["number", "user__username", "user__email"]
-    readonly_fields = ["number", "user", "total", "currency", "created_at", "updated_at"]
-    fields = ["number", "user", "status", "total", "currency", "created_at", "updated_at"]
+    search_fields = ["number", "user__username", "user__email", "email", "shipping_name", "shipping_postal_code"]
+    readonly_fields = [
+        "number",
+        "user",
+        "total",
+        "currency",
+        "created_at",
+        "updated_at",
+        "shipping_address",
+        "shipping_phone",
+        "email",
+        "receipt",
+    ]
+    fieldsets = [
+        (None, {"fields": ["number", "user", "status", "total", "currency", "created_at", "updated_at"]}),
+        ("Delivery", {"fields": ["shipping_address", "shipping_phone", "email", "receipt"]}),
+    ]
+
+    @admin.display(description="Ship to")
+    def ship_to(self, obj: Order) -> str:
+        return ", ".join(obj.shipping_address_lines[1:]) or "—"
+
+    @admin.display(description="Address")
+    def shipping_address(self, obj: Order) -> str:
+        lines = obj.shipping_address_lines
+        if not lines:
+            return "—"
+        return format_html_join(format_html("<br>"), "{}", ((line,) for line in lines))
+
+    @admin.display(description="Receipt")
+    def receipt(self, obj: Order) -> str:
+        if obj.receipt_sent_at is None:
+            return "Not sent yet"
+        return f"Sent to {obj.receipt_sent_to} on {obj.receipt_sent_at:%Y-%m-%d %H:%M} UTC"
+
     inlines = [OrderLineInline, OrderEventInline]
     actions = [_status_action(transition) for transition in services.ORDER_TRANSITIONS.values()]
     list_select_related = ["user"]
@@ -379,9 +463,18 @@ Customer = get_user_model()
 admin.site.unregister(Customer)
 
 
+class CustomerAddressInline(admin.TabularInline):
+    model = Address
+    fields = ["full_name", "line1", "line2", "postal_code", "city", "country", "phone", "is_default"]
+    # The default is the shopper's choice (account page); two defaults would break the one-default rule.
+    readonly_fields = ["is_default"]
+    extra = 0
+    verbose_name_plural = "address book"
+
+
 @admin.register(Customer)
 class CustomerAdmin(UserAdmin):
-    """Django's user admin, with each customer's orders on their page."""
+    """Django's user admin, with each customer's orders and address book on their page."""
 
-    inlines = [CustomerOrderInline]
+    inlines = [CustomerOrderInline, CustomerAddressInline]
     list_display = [*UserAdmin.list_display, "date_joined", "last_login"]

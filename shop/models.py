@@ -6,6 +6,8 @@ from django.db import models
 from django.db.models import F, Q, Sum
 from django.urls import reverse
 
+from .countries import SHIPPING_COUNTRIES, country_name
+
 # Crockford's base32 without look-alikes: order numbers are read out over the phone.
 ORDER_NUMBER_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 ORDER_NUMBER_LENGTH = 10
@@ -15,6 +17,30 @@ LOW_STOCK_THRESHOLD = 5
 def new_order_number() -> str:
     """Return a random order number: 50 bits, so no one can guess another shopper's."""
     return "".join(secrets.choice(ORDER_NUMBER_ALPHABET) for _ in range(ORDER_NUMBER_LENGTH))
+
+
+def address_lines(*, full_name: str, line1: str, line2: str, city: str, postal_code: str, country: str) -> list[str]:
+    """Write a postal address as the lines of an envelope (empty parts left out)."""
+    town = " ".join(part for part in (postal_code, city) if part)
+    return [line for line in (full_name, line1, line2, town, country_name(country) if country else "") if line]
+
+
+class Category(models.Model):
+    """A shelf of the catalog, managed by staff in the admin."""
+
+    name = models.CharField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True, help_text="Shown on the category page and in search results' snippets.")
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "categories"
+
+    def __str__(self):
+        return self.name
+
+    def get_absolute_url(self):
+        return reverse("shop:category", kwargs={"slug": self.slug})
 
 
 class ProductQuerySet(models.QuerySet):
@@ -30,6 +56,17 @@ class Product(models.Model):
     price = models.DecimalField(max_digits=10, decimal_places=2)
     stock = models.PositiveIntegerField(default=0, help_text="Units on hand that are not reserved by an order.")
     is_active = models.BooleanField(default=True, help_text="Inactive products are hidden from the catalog.")
+    category = models.ForeignKey(Category, null=True, blank=True, on_delete=models.SET_NULL, related_name="products")
+    # The photo as uploaded; pages show the renditions made from it (shop.services.catalog),
+    # sized for the catalog tiles and the product page.
+    image = models.ImageField(upload_to="products/originals/", blank=True)
+    image_alt = models.CharField(
+        max_length=200, blank=True, help_text="What the photo shows, for people who cannot see it. Empty: the name."
+    )
+    image_tile = models.ImageField(upload_to="products/tiles/", blank=True, editable=False)
+    image_large = models.ImageField(upload_to="products/large/", blank=True, editable=False)
+    image_large_width = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    image_large_height = models.PositiveIntegerField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = ProductQuerySet.as_manager()
@@ -80,6 +117,10 @@ class Product(models.Model):
         if self.stock <= LOW_STOCK_THRESHOLD:
             return f"only {self.stock} left"
         return "in stock"
+
+    @property
+    def image_alt_text(self) -> str:
+        return self.image_alt or self.name
 
 
 class Cart(models.Model):
@@ -146,6 +187,21 @@ class Order(models.Model):
     currency = models.CharField(max_length=3, default="EUR")
     # The idempotency key of the checkout that created this order: a resubmitted form finds it.
     checkout_token = models.CharField(max_length=64, unique=True, editable=False)
+    # Where it goes, as the shopper gave it at checkout: a later change to their address book
+    # does not move an order that has been placed.
+    shipping_name = models.CharField("full name", max_length=150, blank=True)
+    shipping_line1 = models.CharField("address line 1", max_length=200, blank=True)
+    shipping_line2 = models.CharField("address line 2", max_length=200, blank=True)
+    shipping_city = models.CharField("city", max_length=100, blank=True)
+    shipping_postal_code = models.CharField("postal code", max_length=20, blank=True)
+    shipping_country = models.CharField("country", max_length=2, choices=SHIPPING_COUNTRIES, blank=True)
+    shipping_phone = models.CharField("phone", max_length=30, blank=True)
+    email = models.EmailField(
+        "receipt email", blank=True, help_text="Where the receipt goes (the account's email if empty)."
+    )
+    # Set by the confirmation email's task once the mail server took the receipt.
+    receipt_sent_to = models.EmailField(blank=True, editable=False)
+    receipt_sent_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -160,6 +216,22 @@ class Order(models.Model):
 
     def get_absolute_url(self):
         return reverse("shop:order", kwargs={"number": self.number})
+
+    @property
+    def receipt_email(self) -> str:
+        """Where the receipt goes: the address given at checkout, else the account's."""
+        return self.email or self.user.email
+
+    @property
+    def shipping_address_lines(self) -> list[str]:
+        return address_lines(
+            full_name=self.shipping_name,
+            line1=self.shipping_line1,
+            line2=self.shipping_line2,
+            city=self.shipping_city,
+            postal_code=self.shipping_postal_code,
+            country=self.shipping_country,
+        )
 
 
 class OrderLine(models.Model):
@@ -276,3 +348,40 @@ class StockMovement(models.Model):
 
     def __str__(self):
         return f"{self.delta:+d} {self.product} ({self.get_reason_display().lower()})"
+
+
+class Address(models.Model):
+    """An address of a shopper's address book; the default one fills in the next checkout."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="addresses")
+    full_name = models.CharField(max_length=150)
+    line1 = models.CharField("address line 1", max_length=200)
+    line2 = models.CharField("address line 2", max_length=200, blank=True)
+    city = models.CharField(max_length=100)
+    postal_code = models.CharField(max_length=20)
+    country = models.CharField(max_length=2, choices=SHIPPING_COUNTRIES)
+    phone = models.CharField(max_length=30, blank=True)
+    is_default = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-is_default", "-updated_at", "-pk"]
+        verbose_name_plural = "addresses"
+        constraints = [
+            models.UniqueConstraint(fields=["user"], condition=Q(is_default=True), name="one_default_address_per_user")
+        ]
+
+    def __str__(self):
+        return ", ".join(self.lines)
+
+    @property
+    def lines(self) -> list[str]:
+        return address_lines(
+            full_name=self.full_name,
+            line1=self.line1,
+            line2=self.line2,
+            city=self.city,
+            postal_code=self.postal_code,
+            country=self.country,
+        )

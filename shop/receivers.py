@@ -18,3 +18,17 @@ def merge_session_cart_on_login(sender, request, user, **kwargs):
     notes = services.merge_carts(source=session_cart, target=services.get_cart(user=user, create=True))
     for note in notes:
         messages.warning(request, f"Your cart was adjusted: {note}")
+
+
+def say_logged_in(sender, request, user, **kwargs):
+    """Tell the shopper the login worked (a new account gets its own welcome from the signup view)."""
+    if request is None or getattr(request, "shop_new_account", False):
+        return
+    messages.success(request, f"Welcome back, {user.get_username()}! You are logged in.", fail_silently=True)
+
+
+def say_logged_out(sender, request, user, **kwargs):
+    if request is None:
+        return
+    # Added before the session is flushed; the message storage writes it into the new session.
+    messages.info(request, "You are logged out. See you soon!", fail_silently=True)

@@ -1,17 +1,45 @@
 """Domain actions of the shop. Each owns its transaction; views, admin and commands call them.
 
 One module a job: cart, checkout, orders (the status pipeline) and stock. Callers import
-the package (`from shop import services`) and use the names below.
+the package (`from shop import services`) and use the names below. Also: addresses (the
+address book and account), catalog (categories, sorting, search, product photos).
 """
 
+from .addresses import (
+    AddressNotFound,
+    ShippingAddress,
+    add_address,
+    change_email,
+    default_address,
+    delete_address,
+    get_address,
+    list_addresses,
+    remember_address,
+    set_default_address,
+    update_address,
+)
 from .cart import (
     add_to_cart,
     availability_problem,
     cart_fingerprint,
     get_cart,
     merge_carts,
+    quantity_in_cart,
     remove_from_cart,
     update_cart_line,
+)
+from .catalog import (
+    DEFAULT_SORT,
+    SORTS,
+    InvalidImage,
+    Sort,
+    catalog_products,
+    list_categories,
+    make_product_renditions,
+    normalize_query,
+    search_products,
+    set_product_image,
+    sort_for,
 )
 from .checkout import (
     PaymentNotRecorded,
@@ -39,9 +67,15 @@ from .errors import (
 from .orders import (
     ALLOWED_TRANSITIONS,
     ORDER_TRANSITIONS,
+    SHOPPER_CANCELLABLE,
+    TimelineEntry,
     Transition,
+    cancel_order_for_shopper,
     change_order_status,
+    order_timeline,
+    record_receipt_sent,
     refund_order_payment,
+    shopper_cancel_problem,
     transition_problem,
 )
 from .stock import (
@@ -58,6 +92,35 @@ from .stock import (
 )
 
 __all__ = [
+    "AddressNotFound",
+    "ShippingAddress",
+    "add_address",
+    "change_email",
+    "default_address",
+    "delete_address",
+    "get_address",
+    "list_addresses",
+    "remember_address",
+    "set_default_address",
+    "update_address",
+    "quantity_in_cart",
+    "DEFAULT_SORT",
+    "SORTS",
+    "InvalidImage",
+    "Sort",
+    "catalog_products",
+    "list_categories",
+    "make_product_renditions",
+    "normalize_query",
+    "search_products",
+    "set_product_image",
+    "sort_for",
+    "SHOPPER_CANCELLABLE",
+    "TimelineEntry",
+    "cancel_order_for_shopper",
+    "order_timeline",
+    "record_receipt_sent",
+    "shopper_cancel_problem",
     "ALLOWED_TRANSITIONS",
     "ORDER_TRANSITIONS",
     "Transition",

@@ -40,11 +40,24 @@ def order_fingerprint(order: Order) -> str:
     return fingerprint((line.product_id, line.quantity, line.unit_price) for line in order.lines.all())
 
 
-def _check_quantity(*, product: Product, quantity: int) -> None:
+def _already_in_cart(in_cart: int, room: int) -> str:
+    units = "1 is" if in_cart == 1 else f"{in_cart} are"
+    if room > 0:
+        return f"{units} already in your cart, so you can add {room} more."
+    return f"{units} already in your cart."
+
+
+def _check_quantity(*, product: Product, quantity: int, in_cart: int = 0) -> None:
+    """Refuse a line of `quantity` units; `in_cart` of them are already in the cart (an add)."""
     limit = settings.SHOP_MAX_QUANTITY_PER_LINE
     if quantity > limit:
-        raise QuantityNotAllowed(f"You can buy at most {limit} of {product.name} per order.")
+        message = f"You can buy at most {limit} of {product.name} per order."
+        if in_cart:
+            message += " " + _already_in_cart(in_cart, limit - in_cart)
+        raise QuantityNotAllowed(message)
     if problem := availability_problem(product=product, quantity=quantity):
+        if in_cart and product.is_active and product.stock > 0:
+            problem += " " + _already_in_cart(in_cart, product.stock - in_cart)
         raise OutOfStock(problem)
 
 
@@ -73,8 +86,9 @@ def add_to_cart(*, cart: Cart, product: Product, quantity: int) -> CartLine:
     with transaction.atomic():
         _lock_cart(cart)
         line = CartLine.objects.filter(cart=cart, product=product).first()
-        new_quantity = quantity + (line.quantity if line else 0)
-        _check_quantity(product=product, quantity=new_quantity)
+        in_cart = line.quantity if line else 0
+        _check_quantity(product=product, quantity=quantity + in_cart, in_cart=in_cart)
+        new_quantity = quantity + in_cart
         if line is None:
             line = CartLine.objects.create(cart=cart, product=product, quantity=new_quantity)
         else:
@@ -126,3 +140,10 @@ def merge_carts(*, source: Cart, target: Cart) -> list[str]:
                 existing.delete()
         source.delete()
     return notes
+
+
+def quantity_in_cart(*, cart: Cart | None, product: Product) -> int:
+    """How many units of `product` the cart holds (0 without a cart)."""
+    if cart is None:
+        return 0
+    return CartLine.objects.filter(cart=cart, product=product).values_list("quantity", flat=True).first() or 0

@@ -18,7 +18,8 @@ from django.utils import timezone
 from .. import tasks
 from ..models import Cart, CartLine, Order, OrderEvent, OrderLine, Payment, Product
 from ..payments import BankUnavailable, Card, ChargeResult, PaymentError, get_gateway
-from ..signals import order_placed
+from ..signals import order_placed, payment_overdue
+from .addresses import ShippingAddress
 from .cart import availability_problem, fingerprint, order_fingerprint
 from .errors import CartChanged, CheckoutExpired, EmptyCart, OutOfStock, PaymentInProgress
 from .orders import change_order_status, record_status, refund_order_payment
@@ -92,14 +93,23 @@ async def _with_database_retries(function, **kwargs):
             await asyncio.sleep(delay)
 
 
-async def place_order(*, user, checkout_token: str, card: Card, cart_fingerprint: str | None = None) -> Order:
+async def place_order(
+    *,
+    user,
+    checkout_token: str,
+    card: Card,
+    cart_fingerprint: str | None = None,
+    shipping: ShippingAddress | None = None,
+    email: str = "",
+) -> Order:
     """Reserve the cart's stock, charge the card and return the order.
 
     The order is PAID, or still PENDING when the bank has not answered within
     settings.PAYMENT_TIMEOUT: the payment then settles in the background (or through
     reconciliation) and the shopper is told live. `cart_fingerprint` is the cart the
     shopper was shown (cart_fingerprint()); a cart that changed since is refused, so the
-    amount charged is always the amount on the page.
+    amount charged is always the amount on the page. The order keeps a copy of `shipping`
+    and sends its receipt to `email` (the account's address when empty).
 
     Raise OutOfStock / EmptyCart / CheckoutExpired / CartChanged / PaymentInProgress before
     any charge, a PaymentError (its message safe to show) when the bank refuses (the
@@ -108,7 +118,7 @@ async def place_order(*, user, checkout_token: str, card: Card, cart_fingerprint
     single order and charge.
     """
     order = await _in_own_connection(reserve_order)(
-        user=user, checkout_token=checkout_token, cart_fingerprint=cart_fingerprint
+        user=user, checkout_token=checkout_token, cart_fingerprint=cart_fingerprint, shipping=shipping, email=email
     )
     if order.status != Order.Status.PENDING:
         return order  # A resubmitted form: this checkout already ended.
@@ -126,6 +136,9 @@ async def place_order(*, user, checkout_token: str, card: Card, cart_fingerprint
             order.number,
             settings.PAYMENT_TIMEOUT,
         )
+        # Nothing changes in the database here, so there is no transaction to send it in:
+        # staff hear of a payment left hanging at once, whatever settles it later.
+        payment_overdue.send(sender=Order, order=order)
         return order
 
 
@@ -201,7 +214,14 @@ def _log_background_failure(payment: asyncio.Task) -> None:
         logger.error("A background payment failed: %r", error)
 
 
-def reserve_order(*, user, checkout_token: str, cart_fingerprint: str | None = None) -> Order:
+def reserve_order(
+    *,
+    user,
+    checkout_token: str,
+    cart_fingerprint: str | None = None,
+    shipping: ShippingAddress | None = None,
+    email: str = "",
+) -> Order:
     """Transaction 1: take the cart's units out of stock into a PENDING order.
 
     Return the existing order for a resubmitted token. Refuse a cart that is already
@@ -248,7 +268,12 @@ def reserve_order(*, user, checkout_token: str, cart_fingerprint: str | None = N
 
         total = sum((products[line.product_id].price * line.quantity for line in lines), Decimal("0")).quantize(CENT)
         order = Order.objects.create(
-            user=user, total=total, currency=settings.SHOP_CURRENCY, checkout_token=checkout_token
+            user=user,
+            total=total,
+            currency=settings.SHOP_CURRENCY,
+            checkout_token=checkout_token,
+            email=email,
+            **(shipping.order_fields() if shipping is not None else {}),
         )
         OrderLine.objects.bulk_create(
             OrderLine(

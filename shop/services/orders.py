@@ -2,11 +2,14 @@
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 from asgiref.sync import async_to_sync
 from django.db import transaction
+from django.utils import timezone
 
 from ..models import Order, OrderEvent, Payment
+from ..money import format_money
 from ..payments import get_gateway
 from ..signals import order_status_changed
 from .errors import InvalidTransition
@@ -34,7 +37,7 @@ class Transition:
     to: str
     sources: frozenset[str]
     admin_action: str
-    # "{number}", "{total}" and "{currency}" are filled in; an entry per previous status may
+    # "{number}", "{amount}" (the total, formatted), "{total}" and "{currency}" are filled in; an entry per previous status may
     # replace the default (None) for moves that mean something else from there.
     shopper_texts: dict[str | None, tuple[str, str]]
     refunds_from: frozenset[str] = frozenset()
@@ -43,7 +46,12 @@ class Transition:
     def shopper_message(self, *, order: Order, previous_status: str) -> tuple[str, str]:
         """Return the (title, body) telling the shopper about this move of `order`."""
         title, body = self.shopper_texts.get(previous_status, self.shopper_texts[None])
-        values = {"number": order.number, "total": order.total, "currency": order.currency}
+        values = {
+            "number": order.number,
+            "amount": format_money(order.total, order.currency),
+            "total": order.total,
+            "currency": order.currency,
+        }
         return title.format(**values), body.format(**values)
 
 
@@ -79,9 +87,7 @@ ORDER_TRANSITIONS: dict[str, Transition] = {
             to=_S.REFUNDED,
             sources=frozenset({_S.PAID, _S.SHIPPED}),
             admin_action="Refund selected orders",
-            shopper_texts={
-                None: ("Order {number} was refunded", "{total} {currency} is on its way back to your card.")
-            },
+            shopper_texts={None: ("Order {number} was refunded", "{amount} is on its way back to your card.")},
             refunds_from=frozenset({_S.PAID, _S.SHIPPED}),
             # A shipped order's goods are with the shopper: only the money goes back.
             returns_stock_from=frozenset({_S.PAID}),
@@ -161,3 +167,85 @@ def refund_order_payment(*, order: Order) -> Payment | None:
         },
     )
     return payment
+
+
+# The shopper's side --------------------------------------------------------------------------
+
+# What a shopper may do to their own order: cancel it while it is paid and not yet shipped.
+SHOPPER_CANCELLABLE = frozenset({Order.Status.PAID})
+
+
+def shopper_cancel_problem(*, order: Order) -> str | None:
+    """Say why the shopper cannot cancel `order` themselves, or return None if they can."""
+    if order.status in SHOPPER_CANCELLABLE:
+        return None
+    if order.status == Order.Status.PENDING:
+        return f"Order {order.number} is still being paid. You can cancel it once the bank has confirmed it."
+    if order.status in (Order.Status.SHIPPED, Order.Status.DELIVERED):
+        return (
+            f"Order {order.number} has already shipped, so it can no longer be cancelled. "
+            "Please contact us to return it."
+        )
+    return f"Order {order.number} is {order.get_status_display().lower()} and cannot be cancelled."
+
+
+def cancel_order_for_shopper(*, order: Order, user) -> Order:
+    """Cancel a shopper's own paid, unshipped order: the money and the stock go back, as when staff cancel.
+
+    The status is checked again under the order's row lock, so an order staff ship at the
+    same moment is either cancelled first or refused, never both.
+    """
+    if order.user_id != user.pk:
+        raise InvalidTransition("This is not your order.")
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().get(pk=order.pk)
+        if problem := shopper_cancel_problem(order=locked):
+            raise InvalidTransition(problem)
+        return change_order_status(
+            order=locked, status=Order.Status.CANCELLED, actor=user, message="Cancelled by the shopper."
+        )
+
+
+def record_receipt_sent(*, order_id: int, sent_to: str, sent_at: datetime | None = None) -> None:
+    """Note that the order's receipt went out to `sent_to` (called by the email task once the server took it)."""
+    Order.objects.filter(pk=order_id).update(receipt_sent_to=sent_to, receipt_sent_at=sent_at or timezone.now())
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One line of an order's history as the shopper reads it."""
+
+    status: str
+    title: str
+    detail: str
+    at: datetime
+    by: str  # "you", "our team" or "" (the shop itself)
+
+
+# Status moves in the shopper's words; internal messages (charge references, stock notes) stay in the admin.
+_TIMELINE_TEXTS: dict[tuple[str | None, str], tuple[str, str]] = {
+    (None, _S.PENDING): ("Order placed", ""),  # While it is pending, a notice above says the bank is being asked.
+    (None, _S.PAID): ("Payment received", "Thank you! We are preparing your order."),
+    (None, _S.SHIPPED): ("Shipped", "Your order is on its way."),
+    (None, _S.DELIVERED): ("Delivered", "Enjoy!"),
+    (_S.PENDING, _S.CANCELLED): ("Not paid", "The payment did not go through, so nothing was charged."),
+    (None, _S.CANCELLED): ("Cancelled", "Your payment was refunded to your card."),
+    (_S.SHIPPED, _S.REFUNDED): ("Refunded", "Your payment is on its way back to your card."),
+    (None, _S.REFUNDED): ("Refunded", "Your payment was refunded to your card."),
+}
+
+
+def order_timeline(*, order: Order) -> list[TimelineEntry]:
+    """Return the order's history, oldest first, in words meant for the shopper."""
+    entries = []
+    for event in order.events.all():
+        title, detail = _TIMELINE_TEXTS.get(
+            (event.from_status, event.to_status),
+            _TIMELINE_TEXTS.get((None, event.to_status), (event.get_to_status_display(), "")),
+        )
+        if event.actor_id is None:
+            by = ""
+        else:
+            by = "you" if event.actor_id == order.user_id else "our team"
+        entries.append(TimelineEntry(status=event.to_status, title=title, detail=detail, at=event.created_at, by=by))
+    return entries
