@@ -122,6 +122,13 @@ def instant_bank(settings, tmp_path):
     payments.get_gateway.cache_clear()
 
 
+@pytest.fixture(autouse=True)
+def isolated_media_root(settings, tmp_path):
+    """Uploaded and generated files (product photos) go to the test's own folder, never the project's media/."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
 @pytest.fixture
 def bank():
     """The sandbox bank the checkout will use, to inspect its ledger."""

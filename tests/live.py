@@ -35,6 +35,8 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from tests.checkout_data import SHIPPING_ADDRESS
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 OUTPUT_DIR = BASE_DIR / "test-output"
 SCREENSHOT_DIR = OUTPUT_DIR / "screenshots"
@@ -389,11 +391,33 @@ def add_to_cart_in_page(page, server: LiveDaphne, slug: str, quantity: int = 1) 
         page.click('form.add-to-cart button[type="submit"]')
 
 
-def pay_in_page(page, server: LiveDaphne, card_number: str, *, expiry: str = "12/30", cvc: str = "123") -> None:
-    """Fill the checkout form (opening /checkout/ first if needed) and submit it."""
+def fill_address_in_page(form, address: dict[str, str]) -> None:
+    """Type the shipping address into the checkout form's empty fields (a saved address stays as offered)."""
+    for name, value in address.items():
+        if name == "country":
+            if not form.locator('select[name="country"]').input_value():
+                form.locator('select[name="country"]').select_option(value)
+        elif not form.locator(f'input[name="{name}"]').input_value():
+            form.locator(f'input[name="{name}"]').fill(value)
+
+
+def pay_in_page(
+    page,
+    server: LiveDaphne,
+    card_number: str,
+    *,
+    expiry: str = "12/30",
+    cvc: str = "123",
+    address: dict[str, str] | None = None,
+) -> None:
+    """Fill the checkout form (opening /checkout/ first if needed) and submit it.
+
+    Empty address fields get `address` (tests.checkout_data.SHIPPING_ADDRESS by default).
+    """
     if not page.url.endswith("/checkout/"):
         page.goto(f"{server.url}/checkout/")
     form = page.locator("form.checkout-form")
+    fill_address_in_page(form, SHIPPING_ADDRESS if address is None else address)
     form.locator('input[name="number"]').fill(card_number)
     form.locator('input[name="expiry"]').fill(expiry)
     form.locator('input[name="cvc"]').fill(cvc)

@@ -24,6 +24,7 @@ from django.test import Client
 
 from shop import services
 from shop.models import Order, Payment
+from tests.checkout_data import shipping_fields
 from tests.faults import Answer, HttpShopper
 from tests.live import LiveDaphne, current_database_url
 
@@ -117,7 +118,7 @@ def checkout_wave(server: LiveDaphne, checkouts: list[tuple[HttpShopper, dict[st
         start_line.wait()
         time.sleep(arrival_s)
         try:
-            return shopper.post("/checkout/", {**form, **APPROVED_CARD})
+            return shopper.post("/checkout/", {**form, **shipping_fields(), **APPROVED_CARD})
         except OSError as error:  # A timeout or a dropped connection: reported with the statuses.
             return error
 

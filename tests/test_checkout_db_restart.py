@@ -24,6 +24,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.checkout_data import shipping_fields
 from tests.faults import Answer, HttpShopper, PostgresCluster
 from tests.live import BASE_DIR, LiveDaphne
 
@@ -180,7 +181,7 @@ def pay_while_the_database_drops(shop: OwnShop, cluster: PostgresCluster, *, dow
 
     def pay() -> None:
         try:
-            result["answer"] = shopper.post("/checkout/", {**checkout_form, **APPROVED_CARD})
+            result["answer"] = shopper.post("/checkout/", {**checkout_form, **shipping_fields(), **APPROVED_CARD})
         except Exception as error:  # Reported by the assertion below.
             result["error"] = error
 

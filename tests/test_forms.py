@@ -6,6 +6,7 @@ import pytest
 
 from shop.forms import CartLineForm, CartRemoveForm, CartUpdateForm, CheckoutForm, SignUpForm, luhn_is_valid
 from shop.payments import Card
+from tests.checkout_data import shipping_fields
 
 TOKEN = "t" * 32
 TODAY = date.today()
@@ -13,6 +14,7 @@ TODAY = date.today()
 
 def checkout_form(**overrides) -> CheckoutForm:
     data = {
+        **shipping_fields(),
         "number": "4242424242424242",
         "expiry": f"12/{(TODAY.year + 1) % 100:02d}",
         "cvc": "123",
@@ -134,14 +136,14 @@ def test_card_fields_are_never_echoed_back_into_the_page():
     [
         ("0", "Enter 1 or more."),
         ("-1", "Enter 1 or more."),
-        ("21", "You can buy at most 20 per order."),
+        ("21", "You can buy at most 20 of Kettle per order."),
         ("abc", "Enter a whole number."),
         ("1.5", "Enter a whole number."),
         ("", "Enter a quantity."),
     ],
 )
 def test_cart_line_quantity_out_of_bounds_is_refused(make_product, quantity, error):
-    form = CartLineForm({"product": make_product().pk, "quantity": quantity})
+    form = CartLineForm({"product": make_product(name="Kettle").pk, "quantity": quantity})
     assert not form.is_valid()
     assert form.errors["quantity"] == [error]
 
@@ -156,8 +158,8 @@ def test_cart_line_quantity_within_bounds_is_accepted(make_product, quantity):
 
 def test_cart_line_max_follows_the_setting(make_product, settings):
     settings.SHOP_MAX_QUANTITY_PER_LINE = 5
-    form = CartLineForm({"product": make_product().pk, "quantity": "6"})
-    assert form.errors["quantity"] == ["You can buy at most 5 per order."]
+    form = CartLineForm({"product": make_product(name="Kettle").pk, "quantity": "6"})
+    assert form.errors["quantity"] == ["You can buy at most 5 of Kettle per order."]
     assert 'max="5"' in str(form["quantity"])
 
 

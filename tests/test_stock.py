@@ -72,7 +72,7 @@ def change_form_data(client, url: str) -> dict:
             value = field.value()
             if value is True:
                 data[field.html_name] = "on"
-            elif value not in (None, False):
+            elif value not in (None, False, ""):  # "": also an empty file field (no photo), which posts nothing.
                 data[field.html_name] = value
     return data
 

@@ -23,6 +23,7 @@ from websockets.asyncio.client import connect
 from notifications.models import Notification
 from shop import services
 from shop.models import Order
+from tests.checkout_data import shipping_fields
 from tests.live import LiveDaphne, in_thread, redis_url_with_db
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
@@ -73,6 +74,7 @@ def pay_over_http(server: LiveDaphne, session_id: str, card: dict) -> tuple[int,
         assert inputs.values.get("csrfmiddlewaretoken"), "the checkout page has no CSRF token"
 
         form = {
+            **shipping_fields(),
             **card,
             "checkout_token": inputs.values["checkout_token"],
             "csrfmiddlewaretoken": inputs.values["csrfmiddlewaretoken"],
