@@ -254,12 +254,18 @@ STORAGES = {
 # Uploaded files (product photos and their renditions). Served by Django only in DEBUG
 # (shop/urls.py); in production the proxy serves MEDIA_ROOT at MEDIA_URL (README: Product images).
 MEDIA_URL = "media/"
-MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT") or BASE_DIR / "media")
+MEDIA_ROOT = BASE_DIR / (os.environ.get("DJANGO_MEDIA_ROOT") or "media")  # A relative path is taken from the project.
 
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
 EMAIL_BACKEND = os.environ.get("DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "shop@example.com")
+# The SMTP backend's server (Django's defaults: a local relay on localhost:25).
+EMAIL_HOST = os.environ.get("DJANGO_EMAIL_HOST") or "localhost"
+try:
+    EMAIL_PORT = int(os.environ.get("DJANGO_EMAIL_PORT") or 25)
+except ValueError as error:
+    raise ImproperlyConfigured("DJANGO_EMAIL_PORT must be a port number") from error
 # Django's SMTP backend waits forever by default: a mail server that accepts the connection
 # and never answers would stall the task worker, and every task queued behind the email.
 EMAIL_TIMEOUT = 10
@@ -308,6 +314,16 @@ NOTIFICATIONS_DISPATCH_TIMEOUT = 2.0
 # Upper bound on joining a socket's groups (handshake, heartbeat); past it, or if the layer
 # fails, the socket is closed with 1013 (try again later) and the client backs off.
 NOTIFICATIONS_SUBSCRIBE_TIMEOUT = 5.0
+# A notification still unread this many minutes after it was written is emailed (to users who
+# want that kind by email: notification preferences). Fractions are allowed (0.5: 30 s).
+try:
+    NOTIFICATIONS_EMAIL_AFTER_MINUTES = float(os.environ.get("NOTIFICATIONS_EMAIL_AFTER_MINUTES") or 30)
+except ValueError as error:
+    raise ImproperlyConfigured("NOTIFICATIONS_EMAIL_AFTER_MINUTES must be a number of minutes") from error
+if not 0 <= NOTIFICATIONS_EMAIL_AFTER_MINUTES < 60 * 24 * 365:
+    raise ImproperlyConfigured("NOTIFICATIONS_EMAIL_AFTER_MINUTES must be 0 or more (and under a year)")
+# The shop's public address, for links in emails sent by the task worker (no request to read it from).
+SHOP_SITE_URL = os.environ.get("SHOP_SITE_URL") or "http://127.0.0.1:8000"
 
 TEST_RUNNER = "shop.test_runner.PytestTestRunner"
 
