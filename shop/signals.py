@@ -15,3 +15,14 @@ order_placed = Signal()
 # Staff (or the system) moved an order to another status. Sent with order=Order,
 # previous_status=str, actor=User | None.
 order_status_changed = Signal()
+
+# Stock moved (shop.services.stock, every path: checkout, returns, staff). Sent with
+# movements=list[StockMovement], one a product, each with its product (name and the stock
+# as locked), delta, stock_after and order (set for sales and returns). Sent inside the
+# transaction, with the products' rows still locked.
+stock_changed = Signal()
+
+# An order's payment outlived PAYMENT_TIMEOUT: the shopper was sent to the order page and the
+# order stays PENDING until the bank answers or reconciliation settles it. Sent with
+# order=Order from async code, outside any transaction: a receiver must not query the database.
+payment_overdue = Signal()
