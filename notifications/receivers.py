@@ -5,6 +5,7 @@ commits or rolls back with it, and so does the confirmation email's task; the pu
 out only after commit, the email when the task worker runs the task.
 """
 
+from shop.money import format_money
 from shop.services import ORDER_TRANSITIONS
 
 from . import services
@@ -16,10 +17,10 @@ def notify_order_placed(sender, order, **kwargs):
         recipient=order.user,
         kind=Notification.Kind.ORDER_PLACED,
         title=f"Order {order.number} placed",
-        body=f"We received your payment of {order.total} {order.currency}. We will tell you when it ships.",
+        body=f"We received your payment of {format_money(order.total, order.currency)}. We will tell you when it ships.",
         url=order.get_absolute_url(),
     )
-    if order.user.email:
+    if order.receipt_email:
         # A task row in this same transaction: the email commits or rolls back with the order.
         services.queue_order_confirmation(order_id=order.pk)
 

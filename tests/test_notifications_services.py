@@ -227,8 +227,8 @@ def test_worker_sends_the_order_confirmation_email_once_committed(shopper, make_
     [email] = mailoutbox
     assert email.to == [shopper.email]
     assert email.subject == f"Your order {order.number} is confirmed"
-    assert "2 x Kettle at 12.50 = 25.00" in email.body
-    assert "Total: 25.00 EUR" in email.body
+    assert "2 x Kettle at €12.50 = €25.00" in email.body
+    assert "Total: €25.00" in email.body
 
 
 def test_checkout_rolled_back_by_an_enclosing_transaction_sends_no_email_and_no_push(
