@@ -61,7 +61,9 @@ def send_order_confirmation(*, order_id: int, attempt: int = 1) -> dict:
     order = Order.objects.select_related("user").filter(pk=order_id).first()
     if order is None or not order.receipt_email:
         return {"sent": False, "reason": "no order or no address"}
-    if confirmation_already_sent(order_id=order_id):
+    # receipt_sent_at: a run whose worker died after the server took the email and the order
+    # noted it, but before its own result was written, is run again and must not resend.
+    if order.receipt_sent_at is not None or confirmation_already_sent(order_id=order_id):
         logger.info("The confirmation email of order %s was already sent; not sending it again", order.number)
         return {"sent": False, "reason": "already sent"}
     message = build_order_confirmation(order)

@@ -513,3 +513,186 @@ class HttpShopper:
         if answer.status != 302 or settings.SESSION_COOKIE_NAME not in self.cookies:
             raise AssertionError(f"login as {username} answered {answer.status}, not a redirect with a session")
         return answer
+
+
+# A mail server of the test's own -------------------------------------------------------------
+
+
+@dataclass
+class SmtpMessage:
+    """One message the fake server took (answered 250 after DATA)."""
+
+    sender: str
+    recipients: list[str]
+    data: bytes
+
+    @property
+    def subject(self) -> str:
+        from email import message_from_bytes
+
+        return str(message_from_bytes(self.data).get("Subject", ""))
+
+
+class FakeSmtpServer:
+    """A minimal SMTP responder (asyncio, in a thread of its own) on a free port of 127.0.0.1.
+
+    It speaks what Django's SMTP backend needs (EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP,
+    QUIT; no TLS, no AUTH) and keeps every message it answered 250 to in `accepted`. A
+    message counts only once that reply is sent, as with a real server: the client may
+    still crash before reading it, but not before the server took it.
+
+    hold_next_data() makes the server sit on its reply to the next message's final "."
+    (the moment a client waits for "queued"): `held` is set while it waits, and the
+    message is taken only if release() comes before the client hangs up. A client that
+    disconnects meanwhile leaves the message in `abandoned` instead.
+    """
+
+    def __init__(self):
+        import asyncio
+        import threading
+
+        self._asyncio = asyncio
+        self.port: int | None = None
+        self.accepted: list[SmtpMessage] = []
+        self.abandoned: list[SmtpMessage] = []
+        self.held = threading.Event()
+        self._hold_armed = False
+        self._release: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> "FakeSmtpServer":
+        import threading
+
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = self._asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                self._release = self._asyncio.Event()
+                self._server = loop.run_until_complete(
+                    self._asyncio.start_server(self._session, "127.0.0.1", 0, reuse_address=True)
+                )
+                self.port = self._server.sockets[0].getsockname()[1]
+            except BaseException as error:
+                failure.append(error)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                self._server.close()
+                loop.run_until_complete(self._server.wait_closed())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-smtp", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout=10) or failure:
+            raise RuntimeError(f"the fake SMTP server did not start: {failure}")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+    def hold_next_data(self) -> None:
+        """Hold the reply to the next message's DATA until release() (or the client hangs up)."""
+        with self._lock:
+            self.held.clear()
+            self._hold_armed = True
+        self._loop.call_soon_threadsafe(self._release.clear)
+
+    def release(self) -> None:
+        with self._lock:
+            self._hold_armed = False
+        self._loop.call_soon_threadsafe(self._release.set)
+
+    def subjects(self) -> list[str]:
+        with self._lock:
+            return [message.subject for message in self.accepted]
+
+    async def _session(self, reader, writer) -> None:
+        asyncio = self._asyncio
+
+        async def reply(line: str) -> None:
+            writer.write(f"{line}\r\n".encode())
+            await writer.drain()
+
+        sender, recipients = "", []
+        try:
+            await reply("220 fake-smtp ready")
+            while True:
+                line = await asyncio.wait_for(reader.readline(), timeout=60)
+                if not line:
+                    return
+                command = line.decode(errors="replace").strip()
+                verb = command.split(" ", 1)[0].upper()
+                if verb == "EHLO":
+                    await reply("250-fake-smtp")
+                    await reply("250 8BITMIME")
+                elif verb == "HELO":
+                    await reply("250 fake-smtp")
+                elif verb == "MAIL":
+                    sender, recipients = command.split(":", 1)[1].strip(" <>"), []
+                    await reply("250 OK")
+                elif verb == "RCPT":
+                    recipients.append(command.split(":", 1)[1].strip(" <>"))
+                    await reply("250 OK")
+                elif verb == "DATA":
+                    await reply("354 End data with <CR><LF>.<CR><LF>")
+                    lines = []
+                    while (body_line := await asyncio.wait_for(reader.readline(), timeout=60)) not in {b".\r\n", b""}:
+                        lines.append(body_line[1:] if body_line.startswith(b"..") else body_line)
+                    message = SmtpMessage(sender=sender, recipients=recipients, data=b"".join(lines))
+                    if not await self._may_take(reader):
+                        with self._lock:
+                            self.abandoned.append(message)
+                        return
+                    with self._lock:
+                        self.accepted.append(message)
+                    await reply("250 OK queued")
+                elif verb in {"RSET", "NOOP"}:
+                    await reply("250 OK")
+                elif verb == "QUIT":
+                    await reply("221 Bye")
+                    return
+                else:
+                    await reply("502 Command not implemented")
+        except (ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+    async def _may_take(self, reader) -> bool:
+        """False if the reply is held and the client hangs up before release()."""
+        with self._lock:
+            hold = self._hold_armed
+            self._hold_armed = False
+        if not hold:
+            return True
+        self.held.set()
+        asyncio = self._asyncio
+        # A client that hangs up shows as end-of-file on its side of the connection.
+        hung_up = asyncio.ensure_future(reader.read(1))
+        released = asyncio.ensure_future(self._release.wait())
+        done, pending = await asyncio.wait({hung_up, released}, return_when=asyncio.FIRST_COMPLETED)
+        for future in pending:
+            future.cancel()
+        return released in done and not (hung_up in done and hung_up.result() == b"")
+
+
+@pytest.fixture
+def fake_smtp() -> Iterator[FakeSmtpServer]:
+    """A fake SMTP server of this test's own; stopped after the test."""
+    server = FakeSmtpServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

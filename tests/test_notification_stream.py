@@ -691,9 +691,9 @@ def test_client_skips_a_hole_the_server_says_is_complete(client_page):
 
 
 @pytest.mark.browser
-def test_client_closed_with_1013_reconnects_and_resumes_from_its_last_seq(client_page):
+def test_client_closed_with_try_again_later_reconnects_and_resumes_from_its_last_seq(client_page):
     client_page.serve(frame(4))
-    client_page.evaluate("window.fakeSockets[0].hangUp(1013)")  # the server cannot reach Redis
+    client_page.evaluate("window.fakeSockets[0].hangUp(4013)")  # the server cannot reach Redis
 
     client_page.wait_for_function("window.fakeSockets.length === 2", timeout=5000)
     assert client_page.evaluate("window.fakeSockets[1].url").endswith("?after_seq=4")

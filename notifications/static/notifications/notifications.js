@@ -113,7 +113,7 @@ function start(config) {
       clearTimeout(gapTimer);
       gapTimer = null;
       resumeAskedAt = 0; // Whatever was asked is lost with the socket; the next connect asks again.
-      // Any other code, 1013 ("try again later": the server cannot reach Redis) included, backs off.
+      // Any other code, 4013 ("try again later": the server cannot reach Redis) included, backs off.
       if (event.code === CLOSE_SIGNED_OUT) {
         // Signed out (here or in another tab), or the session ended: reconnecting would only be refused again.
         stopped = true;
