@@ -4,16 +4,15 @@ import asyncio
 import json
 import logging
 import time
-from importlib import import_module
-from types import SimpleNamespace
 from urllib.parse import parse_qs
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
-from django.contrib import auth
 
 from . import services
+from .middleware import _ReadOnlySession, session_user_id  # noqa: F401 - cart_consumers imports _ReadOnlySession here
 from .models import Notification, NotificationStream
 
 logger = logging.getLogger(__name__)
@@ -70,20 +69,33 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
     closing = False
     layer_failed = False
 
+    async def dispatch(self, message):
+        # Channels hops to a thread to close stale database connections before EVERY message,
+        # for handlers that use the ORM directly; that hop also closed the connection the next
+        # push's query would use. Only client frames (websocket.receive) reach the async ORM
+        # here; the handshake and session checks go through database_sync_to_async, which
+        # closes old connections itself, and layer events (pushes, counts, logout) carry what
+        # they need. So a push costs no thread and no database call.
+        if message["type"] == "websocket.receive":
+            await super().dispatch(message)
+            return
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
     async def connect(self):
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
+        user_id, session_key = self._identity()
+        if user_id is None:
             # Accept first so the browser sees the code (a refused handshake shows only 1006)
             # and stops retrying; no group is joined.
             await self.accept()
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        self.user_id = user.pk
+        self.user_id, self.session_key = user_id, session_key
         self.rate_limit = TokenBucket(rate=self.rate_per_second, burst=self.burst)
         self.resume_budget = TokenBucket(rate=self.resume_rate_per_second, burst=self.resume_burst)
         self.refusals = 0
-        session = self.scope.get("session")
-        self.session_key = session.session_key if session is not None else None
         self.subscriptions = [services.user_group(self.user_id)]
         if self.session_key:
             self.subscriptions.append(services.session_group(self.session_key))
@@ -339,25 +351,14 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
     def _session_is_valid(self) -> bool:
         if not self.session_key:
             return True  # Authenticated some other way than a session cookie: nothing to re-check.
-        # Read fresh from the store: the scope's session is the one loaded at the handshake.
-        # Django's own get_user() then checks what a request would: the session exists and
-        # has not expired, the user is still active, the password hash matches the session's.
-        store = import_module(settings.SESSION_ENGINE).SessionStore(session_key=self.session_key)
-        user = auth.get_user(SimpleNamespace(session=_ReadOnlySession(store.load())))
-        return user.is_authenticated and user.pk == self.user_id
+        # Read fresh from the store: the handshake's check says nothing about now.
+        return session_user_id(self.session_key) == self.user_id
 
-
-class _ReadOnlySession(dict):
-    """Session data for auth.get_user() to read, and nothing more.
-
-    On a stale password hash get_user() flushes the session, and on a match with a
-    SECRET_KEY_FALLBACKS key it cycles the session key: both are for a request, which sends
-    the browser its new cookie. A socket cannot, so here they do nothing; the browser's next
-    request does them for real.
-    """
-
-    def flush(self):
-        pass
-
-    def cycle_key(self):
-        pass
+    def _identity(self) -> tuple[int | None, str | None]:
+        """(user id, session key) from SocketSessionMiddleware, or from Channels' AuthMiddlewareStack."""
+        if "user_id" in self.scope:
+            return self.scope["user_id"], self.scope.get("session_key")
+        user, session = self.scope.get("user"), self.scope.get("session")
+        if user is None or not user.is_authenticated:
+            return None, None
+        return user.pk, session.session_key if session is not None else None

@@ -1,4 +1,11 @@
 import asyncio
+from importlib import import_module
+from types import SimpleNamespace
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib import auth
+from django.http import parse_cookie
 
 from .services import remember_server_loop
 
@@ -15,4 +22,62 @@ class ServerEventLoopMiddleware:
 
     async def __call__(self, scope, receive, send):
         remember_server_loop(asyncio.get_running_loop())
+        return await self.app(scope, receive, send)
+
+
+def session_user_id(session_key: str) -> int | None:
+    """The id of the user a login session authenticates, or None (no session, expired, logged out,
+    user deactivated, password changed since).
+
+    Django's own get_user() decides, as for a request, on the session read fresh from the store.
+    """
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key=session_key)
+    user = auth.get_user(SimpleNamespace(session=_ReadOnlySession(store.load())))
+    return user.pk if user.is_authenticated else None
+
+
+class _ReadOnlySession(dict):
+    """Session data for auth.get_user() to read, and nothing more.
+
+    On a stale password hash get_user() flushes the session, and on a match with a
+    SECRET_KEY_FALLBACKS key it cycles the session key: both are for a request, which sends
+    the browser its new cookie. A socket cannot, so here they do nothing; the browser's next
+    request does them for real.
+    """
+
+    def flush(self):
+        pass
+
+    def cycle_key(self):
+        pass
+
+
+class SocketSessionMiddleware:
+    """Authenticate the notifications socket from its session cookie, keeping only `user_id` and
+    `session_key` in its scope; every other socket path goes through Channels' AuthMiddlewareStack.
+
+    The notifications socket is open on every page, thousands per process: AuthMiddlewareStack
+    would keep, for its whole life, the session store, the loaded User and a copy of the scope
+    per layer, where it needs two numbers. One database call (session, then user) in one thread
+    hop; no cookie or no valid session: user_id None.
+    """
+
+    lean_paths = frozenset({"/ws/notifications/"})
+
+    def __init__(self, app):
+        from channels.auth import AuthMiddlewareStack
+
+        self.app = app
+        self.full = AuthMiddlewareStack(app)
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("path") not in self.lean_paths:
+            return await self.full(scope, receive, send)
+        session_key = None
+        for name, value in scope.get("headers", ()):
+            if name == b"cookie":
+                session_key = parse_cookie(value.decode("latin1")).get(settings.SESSION_COOKIE_NAME)
+                break
+        user_id = await database_sync_to_async(session_user_id)(session_key) if session_key else None
+        scope = dict(scope, user_id=user_id, session_key=session_key if user_id is not None else None)
         return await self.app(scope, receive, send)

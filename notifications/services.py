@@ -97,27 +97,36 @@ async def _bounded_group_send(group: str, message: dict, *, what: str) -> bool:
     return False
 
 
-async def adispatch(notification: Notification) -> bool:
-    """Push one notification, with the recipient's new unread count, to all their sockets."""
-    unread = await Notification.objects.for_user(notification.recipient_id).unread().acount()
+async def adispatch(notification: Notification, unread: int | None = None) -> bool:
+    """Push one notification, with the recipient's unread count, to all their sockets.
+
+    notify() reads the count inside the notification's own transaction and hands it over, so
+    the push itself makes no database call: no thread, no connection to open per push.
+    """
+    if unread is None:
+        unread = await Notification.objects.for_user(notification.recipient_id).unread().acount()
     message = {"type": "notification.message", "notification": notification.to_message(), "unread": unread}
     return await _bounded_group_send(
         user_group(notification.recipient_id), message, what=f"notification {notification.pk}"
     )
 
 
-def dispatch(notification: Notification) -> None:
+def dispatch(notification: Notification, unread: int | None = None) -> None:
     """Push a committed notification in the background; return at once."""
-    run_in_background(lambda: adispatch(notification))
+    run_in_background(lambda: adispatch(notification, unread))
 
 
 def notify(*, recipient, kind: str, title: str, body: str = "", url: str = "") -> Notification:
     """Write a notification in the current transaction and push it once that commits.
 
-    A rolled-back transaction leaves no row and pushes nothing.
+    A rolled-back transaction leaves no row and pushes nothing. The recipient's unread count
+    goes with the push: it is read here, on the transaction's open connection, while the stream
+    lock keeps the user's other notifications waiting (a read in another tab meanwhile sends
+    its own `unread` frame). Read after commit instead, each push opened a database connection.
     """
     notification = Notification.objects.create(recipient=recipient, kind=kind, title=title, body=body, url=url)
-    transaction.on_commit(lambda: dispatch(notification), robust=True)
+    unread = Notification.objects.for_user(notification.recipient_id).unread().count()
+    transaction.on_commit(lambda: dispatch(notification, unread), robust=True)
     return notification
 
 

@@ -9,13 +9,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
 # Set up Django (apps, models) before importing anything that touches models.
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from notifications.middleware import ServerEventLoopMiddleware  # noqa: E402
+from notifications.middleware import ServerEventLoopMiddleware, SocketSessionMiddleware  # noqa: E402
 from notifications.routing import websocket_urlpatterns  # noqa: E402
 
 http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.SERVE_STATIC else django_asgi_app
@@ -25,7 +24,8 @@ application = ServerEventLoopMiddleware(
         {
             "http": http_app,
             # Browsers send cookies on cross-site handshakes: only our own hosts may open sockets.
-            "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+            # The session check keeps two numbers per socket, not Channels' session and user objects.
+            "websocket": AllowedHostsOriginValidator(SocketSessionMiddleware(URLRouter(websocket_urlpatterns))),
         }
     )
 )
@@ -33,3 +33,10 @@ application = ServerEventLoopMiddleware(
 # Everything loaded so far lives as long as the process: move it out of the collector's
 # reach, so full GC passes (frequent with thousands of sockets) stop walking it.
 gc.freeze()
+# Each open socket keeps a few hundred objects (daphne's protocol, the consumer, its tasks),
+# and gc.freeze() cannot cover those made later. With the default thresholds (700, 10, 10)
+# a process holding 10,000 sockets ran a full pass over millions of objects every few
+# seconds of traffic, each one stalling every socket (p99 of a push 61-100 ms, once 1.04 s).
+# Fewer young collections, and far fewer full ones; garbage without cycles is freed at once
+# by reference counting anyway.
+gc.set_threshold(50_000, 50, 100)

@@ -166,26 +166,33 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
+    from urllib.parse import urlsplit
+
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
 
+    # Pub/sub channels are shared by the whole Redis server, whatever the database number:
+    # the prefix keeps deployments (and test runs) on one server apart, as the number used to.
+    CHANNEL_LAYER_PREFIX = os.environ.get("CHANNEL_LAYER_PREFIX") or f"shop{urlsplit(REDIS_URL).path.strip('/') or 0}."
+
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis's pub/sub layer (notifications/layers.py says why, and what it adds).
+            "BACKEND": "notifications.layers.PubSubChannelLayer",
             "CONFIG": {
                 "hosts": [
                     {
                         "address": REDIS_URL,
-                        # redis-py 8 times out idle reads after 5 s by default, while the layer
-                        # blocks in BZPOPMIN for 5 s: explicit timeouts keep idle consumers alive.
+                        # redis-py 8 times reads out after 5 s by default: explicit timeouts, so a
+                        # frozen Redis fails a command after 10 s instead of hanging it.
                         "socket_timeout": 10,
                         "socket_connect_timeout": 5,
                         # After a Redis restart every pooled connection is dead and its next
-                        # command fails: the push it carried was lost, and each socket's blocking
-                        # read died with it. Retry a command that fails on its connection on a
-                        # fresh one, up to 5 times over about 3.4 s (0.2, 0.4, 0.8, 1, 1), and PING
-                        # a connection idle for 15 s before using it. Past that the socket is
-                        # closed with 1013 and the client reconnects when it can.
+                        # command fails, the subscription connection too. Retry a command that
+                        # fails on its connection on a fresh one (the subscription: reconnect and
+                        # resubscribe), up to 5 times over about 3.4 s (0.2, 0.4, 0.8, 1, 1), and
+                        # PING a connection idle for 15 s before using it. Past that the sockets
+                        # are closed with 1013 and the clients reconnect when they can.
                         "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), 5),
                         "health_check_interval": 15,
                         # redis-py's pool holds at most 100 connections per process and fails the
@@ -196,11 +203,9 @@ if REDIS_URL:
                         "max_connections": 1000,
                     }
                 ],
-                # The default (100) is shared by every socket of a process; over it group_send
-                # drops silently. The outbox replay covers any drop that still happens.
-                "capacity": 10000,
-                "expiry": 60,
-                "group_expiry": 86400,
+                # No capacity to overflow and no group expiry: a socket's subscriptions end with
+                # it, a process's with its Redis connection.
+                "prefix": CHANNEL_LAYER_PREFIX,
             },
         }
     }

@@ -95,6 +95,27 @@ async def assert_answers_ping(communicator):
 # Handshake ---------------------------------------------------------------------------
 
 
+async def test_notifications_socket_keeps_ids_not_the_session_and_user_objects(shopper, alice_client):
+    """Thousands of sockets per process: each keeps two numbers, not a SessionStore and a User (issue 8).
+
+    Before: Channels' AuthMiddlewareStack left the loaded session, the User and a scope copy per
+    layer in every socket for its whole life.
+    """
+    from notifications.middleware import SocketSessionMiddleware
+
+    seen = {}
+
+    async def consumer(scope, receive, send):
+        seen.update(scope)
+
+    session_key = alice_client.cookies["sessionid"].value
+    scope = {"type": "websocket", "path": SOCKET_PATH, "headers": [(b"cookie", f"sessionid={session_key}".encode())]}
+    await SocketSessionMiddleware(consumer)(scope, None, None)
+
+    assert (seen["user_id"], seen["session_key"]) == (shopper.pk, session_key)
+    assert "user" not in seen and "session" not in seen and "cookies" not in seen
+
+
 async def test_anonymous_socket_is_closed_with_4401_and_joins_no_group(open_socket):
     communicator = await open_socket(expect_hello=False)
 
@@ -330,6 +351,30 @@ async def test_live_notify_reaches_the_open_socket_after_commit(open_socket, sho
     assert frame["type"] == "notification"
     assert (frame["id"], frame["title"], frame["read"]) == (notification.pk, "Order X has shipped", False)
     assert await communicator.receive_json_from() == {"type": "unread", "count": 1}
+
+
+async def test_a_push_reaches_the_socket_without_a_thread_hop(open_socket, shopper, alice_client, monkeypatch):
+    """Layer events skip Channels' connection-closing hop to a thread (issue 8).
+
+    Before: every pushed message first waited for close_old_connections in a worker thread,
+    which also closed the connection the next push's count query then had to reopen.
+    """
+    communicator = await open_socket(alice_client)
+    hops = []
+
+    async def counting_close_old_connections():
+        hops.append(1)
+
+    monkeypatch.setattr("channels.consumer.aclose_old_connections", counting_close_old_connections)
+
+    await get_channel_layer().group_send(
+        services.user_group(shopper.pk),
+        {"type": "notification.message", "notification": {"type": "notification", "id": 1}, "unread": 3},
+    )
+
+    assert (await communicator.receive_json_from())["id"] == 1
+    assert await communicator.receive_json_from() == {"type": "unread", "count": 3}
+    assert hops == []
 
 
 async def test_anotify_reaches_every_tab_of_the_user(open_socket, shopper, alice_client):

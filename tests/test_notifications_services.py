@@ -76,6 +76,26 @@ def test_notify_in_committed_transaction_writes_one_row_and_pushes_once(
     assert message["unread"] == 1
 
 
+def test_push_after_commit_makes_no_database_query_and_carries_the_unread_count(
+    shopper, spy_layer, django_capture_on_commit_callbacks, django_assert_num_queries
+):
+    """The count is read inside the notification's transaction; the push only sends (issue 8).
+
+    Before: the push counted the unread notifications after commit, a query that opened a new
+    PostgreSQL connection for every push.
+    """
+    notify_shopper(shopper, title="Earlier")
+    with django_capture_on_commit_callbacks() as callbacks:
+        with transaction.atomic():
+            notify_shopper(shopper, title="Now")
+
+    with django_assert_num_queries(0):
+        for callback in callbacks:
+            callback()
+
+    assert spy_layer.group_sends[-1][1]["unread"] == 2
+
+
 def test_notify_in_rolled_back_transaction_leaves_no_row_and_pushes_nothing(
     shopper, spy_layer, django_capture_on_commit_callbacks
 ):

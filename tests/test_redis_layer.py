@@ -1,4 +1,4 @@
-"""Delivery over the Redis channel layer (channels-redis core), as in production.
+"""Delivery over the Redis channel layer (settings.py's: channels-redis pub/sub), as in production.
 
 Each test run uses Redis DB 1 and its own key prefix, so parallel runs never see each other's
 groups or messages, and only this run's keys are deleted afterwards. Apart from the address
@@ -41,11 +41,11 @@ def redis_url_db1() -> str:
 
 def layer_config(prefix: str) -> dict:
     project = django_settings.CHANNEL_LAYERS["default"]
-    assert project["BACKEND"] == "channels_redis.core.RedisChannelLayer", "settings.py ignored REDIS_URL"
+    assert project["BACKEND"] != "channels.layers.InMemoryChannelLayer", "settings.py ignored REDIS_URL"
     config = deepcopy(project["CONFIG"])
     host = {key: value for key, value in config["hosts"][0].items() if key != "address"}
     config.update(hosts=[{**host, "address": redis_url_db1()}], prefix=prefix)
-    return {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": config}}
+    return {"default": {"BACKEND": project["BACKEND"], "CONFIG": config}}
 
 
 @pytest.fixture(autouse=True)
