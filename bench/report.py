@@ -67,7 +67,9 @@ def goals(report: dict) -> list[dict]:
             _goal("slow_bank.catalog_p99_storm_over_idle", _get(report, "slow_bank", "catalog_p99_storm_over_idle"), 3)
         )
     if "push_latency" in scenarios:
-        runs = [row for row in _get(report, "push_latency", "runs") or [] if row["layer"] == "redis"]
+        runs = [
+            row for row in _get(report, "push_latency", "runs") or [] if row["layer"] == "redis" and "tree" not in row
+        ]
         thousand = min(runs, key=lambda row: abs(row["sockets"] - 1000), default={})
         largest = max(runs, key=lambda row: row["sockets"], default={})
         found.append(
@@ -246,7 +248,13 @@ def markdown(report: dict) -> str:
             ]
             out.append(_table(["figure", "value"], [[key, scenario.get(key)] for key in keys]))
         elif name == "connections":
-            for label, key in (("app (auth, groups, hello)", "steps"), ("bare consumer", "bare_consumer_steps")):
+            for label, key in (
+                ("app (auth, groups, hello)", "steps"),
+                ("bare consumer", "bare_consumer_steps"),
+                ("app, compare tree", "compare_steps"),
+            ):
+                if key not in scenario:
+                    continue
                 out.append(f"\n{label}:\n\n")
                 rows = [
                     [
@@ -366,7 +374,7 @@ def plots(report: dict, out: Path) -> list[Path]:
     if push_runs or conn.get("steps"):
         figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
         for layer in ("memory", "redis"):
-            rows = [r for r in push_runs if r["layer"] == layer and r.get("p50_ms") is not None]
+            rows = [r for r in push_runs if r["layer"] == layer and r.get("p50_ms") is not None and "tree" not in r]
             if rows:
                 left.plot([r["sockets"] for r in rows], [r["p50_ms"] for r in rows], "o-", label=f"{layer} p50")
                 left.plot([r["sockets"] for r in rows], [r["p99_ms"] for r in rows], "o--", label=f"{layer} p99")

@@ -93,6 +93,22 @@ PLANS = {
         "catalog_idle": 40,
     },
 }
+# The smoke test's (tests/test_bench_smoke.py): QUICK, smaller still, to check the harness in seconds.
+PLANS["smoke"] = {
+    **PLANS["quick"],
+    "overhead_rounds": 2,
+    "waves": [10],
+    "push_steps": [1, 20],
+    "push_orders": 3,
+    "burst_users": 20,
+    "burst_per_user": 2,
+    "connection_steps": [20],
+    "connection_orders": 2,
+    "idle_window_s": 0.5,
+    "contention_buyers": 20,
+    "contention_units": 5,
+    "catalog_idle": 10,
+}
 SOCKETS_PER_CLIENT = 2500  # one client process holds at most this many sockets
 HANDSHAKES_IN_FLIGHT = 32  # across all client processes (daphne's listen backlog is 50)
 SLOW_BANK_MS = 1000
@@ -237,6 +253,7 @@ class Run:
         mode: str = "on",
         app: str = "shop",
         pool: bool = True,
+        tree: Path | None = None,
     ) -> DaphneServer:
         env = self.base_env()
         env.update(
@@ -250,7 +267,12 @@ class Run:
         )
         if layer == "redis":
             env["REDIS_URL"] = self.redis_url
-        server = DaphneServer(name=name, root=ROOT, daphne=DAPHNE, env=env, log_dir=self.tmp)
+        if tree is not None:
+            # Another copy of the project (--compare): the same bench probes, that tree's code.
+            shutil.copytree(
+                BENCH, tree / "bench", dirs_exist_ok=True, ignore=shutil.ignore_patterns("results", "reference")
+            )
+        server = DaphneServer(name=name, root=tree or ROOT, daphne=DAPHNE, env=env, log_dir=self.tmp)
         self.servers.append(server)
         server.start(ready_timeout=60)
         server.commit_log = Path(env["BENCH_COMMIT_LOG"])
@@ -475,70 +497,91 @@ class SocketFleet:
 
 
 def socket_ladder(
-    run: Run, server: DaphneServer, *, steps: list[int], orders: int, scenario: str, probe: bool = True
-) -> list[dict]:
-    """Grow the idle sockets step by step; at each step measure memory, idle CPU, connect rate and pushes."""
+    run: Run, servers: list[DaphneServer], *, steps: list[int], orders: int, scenario: str, probe: bool = True
+) -> list[tuple[list[dict], dict]]:
+    """Grow the idle sockets step by step; at each step measure memory, idle CPU, connect rate and pushes.
+
+    Several servers (a before/after pair) climb the ladder together: sockets are connected to
+    one after the other, then their idle windows are measured at the same time and their orders
+    go round-robin, so the machine's noise falls on each alike. One (rows, base) per server.
+    """
     sessions = run.idle_sessions(max(steps))
-    buyer = None
+    buyers = {}
     if probe:
-        [(username, session_key)] = run.make_users(f"probe{server.name[:8]}", 1)
-        product = run.make_product(f"probe-{server.name}", 1_000_000)
-        buyer = run.client(
-            "buyer", {"port": server.port, "session_key": session_key, "username": username, "product": product}
-        )
-        buyer.receive(60)
-        buyer.ask(120, op="orders", count=5)  # warm-up: every code path of a push has run once
+        for server in servers:
+            [(username, session_key)] = run.make_users(f"probe-{server.name}-", 1)
+            product = run.make_product(f"probe-{server.name}", 1_000_000)
+            buyer = run.client(
+                "buyer", {"port": server.port, "session_key": session_key, "username": username, "product": product}
+            )
+            buyer.receive(60)
+            buyer.ask(120, op="orders", count=5)  # warm-up: every code path of a push has run once
+            buyers[server.name] = buyer
     time.sleep(1.0)
-    base = process_stats(server.process.pid)
-    fleet = SocketFleet(run, server, sessions, scenario)
-    rows = []
+    bases = {server.name: process_stats(server.process.pid) for server in servers}
+    fleets = {server.name: SocketFleet(run, server, sessions, scenario) for server in servers}
+    rows: dict[str, list[dict]] = {server.name: [] for server in servers}
     try:
         for step in steps:
-            connect = fleet.grow(step)
+            connects = {server.name: fleets[server.name].grow(step) for server in servers}
             time.sleep(1.0)
-            before = process_stats(server.process.pid)
+            before = {server.name: process_stats(server.process.pid) for server in servers}
             time.sleep(run.plan["idle_window_s"])
-            after = process_stats(server.process.pid)
-            row = {
-                "sockets": fleet.connected,
-                "connects_per_s": connect["connects_per_s"],
-                "connect_failures": connect["failed"],
-                "connect_errors": connect["errors"],
-                "handshake": connect["handshake"],
-                "rss_kib": after["rss_kib"],
-                "kb_per_socket": round((after["rss_kib"] - base["rss_kib"]) * 1.024 / fleet.connected, 2)
-                if fleet.connected
-                else None,
-                "idle_cpu_share": round((after["cpu_s"] - before["cpu_s"]) / run.plan["idle_window_s"], 3),
-                "server_threads": after["threads"],
-                "server_open_files": open_files(server.process.pid),
-            }
-            if buyer is not None:
-                answer = buyer.ask(600, op="orders", count=orders, budget_s=300)
-                latencies = push_latencies(server, answer["pushes"])
-                row.update(distribution_ms(latencies, samples=300))
-                row.update(
-                    {
-                        "orders": len(answer["pushes"]) + answer["missing"],
-                        "pushes_missing": answer["missing"],
-                        "order_errors": answer["errors"],
-                    }
-                )
-            rows.append(row)
-            print(
-                f"    {fleet.connected} sockets: {json.dumps({k: v for k, v in row.items() if k not in {'samples_ms', 'handshake', 'connect_errors', 'order_errors'}})}",
-                flush=True,
-            )
-            if connect["failed"] and connect["opened"] == 0:
+            after = {server.name: process_stats(server.process.pid) for server in servers}
+            pushes: dict[str, list] = {server.name: [] for server in servers}
+            missing = dict.fromkeys(pushes, 0)
+            errors: dict[str, list] = {server.name: [] for server in servers}
+            for _ in range(orders if buyers else 0):
+                for server in servers:
+                    answer = buyers[server.name].ask(120, op="orders", count=1, budget_s=60)
+                    pushes[server.name] += answer["pushes"]
+                    missing[server.name] += answer["missing"]
+                    errors[server.name] += answer["errors"]
+            for server in servers:
+                name, fleet, connect = server.name, fleets[server.name], connects[server.name]
+                row = {
+                    "sockets": fleet.connected,
+                    "connects_per_s": connect["connects_per_s"],
+                    "connect_failures": connect["failed"],
+                    "connect_errors": connect["errors"],
+                    "handshake": connect["handshake"],
+                    "rss_kib": after[name]["rss_kib"],
+                    "kb_per_socket": round(
+                        (after[name]["rss_kib"] - bases[name]["rss_kib"]) * 1.024 / fleet.connected, 2
+                    )
+                    if fleet.connected
+                    else None,
+                    "idle_cpu_share": round(
+                        (after[name]["cpu_s"] - before[name]["cpu_s"]) / run.plan["idle_window_s"], 3
+                    ),
+                    "server_threads": after[name]["threads"],
+                    "server_open_files": open_files(server.process.pid),
+                }
+                if buyers:
+                    row.update(distribution_ms(push_latencies(server, pushes[name]), samples=300))
+                    row.update(
+                        {
+                            "orders": len(pushes[name]) + missing[name],
+                            "pushes_missing": missing[name],
+                            "order_errors": errors[name][:5],
+                        }
+                    )
+                rows[name].append(row)
+                shown = {
+                    k: v
+                    for k, v in row.items()
+                    if k not in {"samples_ms", "handshake", "connect_errors", "order_errors"}
+                }
+                print(f"    {name}: {json.dumps(shown)}", flush=True)
+            if all(connects[name]["failed"] and connects[name]["opened"] == 0 for name in connects):
                 break
     finally:
-        fleet.close()
-        if buyer is not None:
-            with_answer = buyer.ask(30, op="close")
-            buyer.last_answer = with_answer
+        for fleet in fleets.values():
+            fleet.close()
+        for buyer in buyers.values():
+            buyer.last_answer = buyer.ask(30, op="close")
             run.finish_client(buyer, scenario)
-    rows_base = {"rss_kib_before_sockets": base["rss_kib"]}
-    return rows, rows_base
+    return [(rows[server.name], {"rss_kib_before_sockets": bases[server.name]["rss_kib"]}) for server in servers]
 
 
 # Scenarios --------------------------------------------------------------------------------------------
@@ -707,22 +750,26 @@ def scenario_push_latency(run: Run) -> dict:
     plan = run.plan
     runs = []
     for layer in ("memory", "redis"):
-        print(f"  layer {layer}", flush=True)
-        server = run.server(f"push-{layer}", layer=layer)
-        rows, _ = socket_ladder(
-            run, server, steps=plan["push_steps"], orders=plan["push_orders"], scenario="push_latency"
+        trees = [run.args.compare, None] if run.args.compare else [None]
+        print(f"  layer {layer}{' (with the compare tree, side by side)' if run.args.compare else ''}", flush=True)
+        servers = [run.server(f"push-{layer}{'-compare' if tree else ''}", layer=layer, tree=tree) for tree in trees]
+        ladders = socket_ladder(
+            run, servers, steps=plan["push_steps"], orders=plan["push_orders"], scenario="push_latency"
         )
-        run.stop_server(server)
-        for row in rows:
-            runs.append(
-                {
-                    "layer": layer,
-                    "sockets": row["sockets"],
-                    "orders": row.get("orders"),
-                    "pushes_missing": row.get("pushes_missing"),
-                    **{key: row.get(key) for key in ("n", "p50_ms", "p95_ms", "p99_ms", "max_ms", "samples_ms")},
-                }
-            )
+        for server in servers:
+            run.stop_server(server)
+        for tree, (rows, _) in zip(trees, ladders, strict=True):
+            for row in rows:
+                runs.append(
+                    {
+                        **({"tree": str(tree)} if tree else {}),
+                        "layer": layer,
+                        "sockets": row["sockets"],
+                        "orders": row.get("orders"),
+                        "pushes_missing": row.get("pushes_missing"),
+                        **{key: row.get(key) for key in ("n", "p50_ms", "p95_ms", "p99_ms", "max_ms", "samples_ms")},
+                    }
+                )
     return {
         "parameters": {
             "steps_other_sockets": plan["push_steps"],
@@ -758,23 +805,39 @@ def scenario_connections(run: Run) -> dict:
             "p99_ms": "ms",
         },
     }
-    for app in ("shop", "bare"):
-        print(f"  app {app}", flush=True)
-        server = run.server(f"conn-{app}", app=app)
-        rows, base = socket_ladder(
-            run,
-            server,
-            steps=plan["connection_steps"],
-            orders=plan["connection_orders"],
-            scenario="connections",
-            probe=app == "shop",
-        )
+    variants = [("shop", None), ("bare", None)]
+    if run.args.compare:
+        variants.insert(0, ("shop", run.args.compare))
+    print(
+        f"  {', '.join(app + (' (compare tree)' if tree else '') for app, tree in variants)}, side by side", flush=True
+    )
+    servers = [run.server(f"conn-{app}{'-compare' if tree else ''}", app=app, tree=tree) for app, tree in variants]
+    # The app's ladder (with pushes) and the bare consumer's (without) side by side.
+    ladders = socket_ladder(
+        run,
+        [server for server, (app, _) in zip(servers, variants, strict=True) if app == "shop"],
+        steps=plan["connection_steps"],
+        orders=plan["connection_orders"],
+        scenario="connections",
+    )
+    ladders += socket_ladder(
+        run,
+        [server for server, (app, _) in zip(servers, variants, strict=True) if app == "bare"],
+        steps=plan["connection_steps"],
+        orders=0,
+        scenario="connections",
+        probe=False,
+    )
+    for server in servers:
         run.stop_server(server)
+    ordered = [variant for variant in variants if variant[0] == "shop"] + [v for v in variants if v[0] == "bare"]
+    for (app, tree), (rows, base) in zip(ordered, ladders, strict=True):
         limit_hit = [row for row in rows if row["connect_failures"]]
         for row in rows:
             row.pop("samples_ms", None)
-        out["steps" if app == "shop" else "bare_consumer_steps"] = rows
-        out[f"{app}_base"] = base
+        key = "compare_steps" if tree else "steps" if app == "shop" else "bare_consumer_steps"
+        out[key] = rows
+        out[f"{key}_base"] = base
         if limit_hit:
             out.setdefault("limits_hit", []).append(
                 {"app": app, "at_sockets": limit_hit[0]["sockets"], "errors": limit_hit[0]["connect_errors"]}
@@ -999,15 +1062,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="run only this scenario (repeatable)")
     parser.add_argument("--quick", action="store_true", help="the reduced run (under 2 minutes)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="smaller than --quick: the test suite's check of the harness"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json, latest.md and the plots go")
     parser.add_argument(
         "--postgres", default=os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
     )
     parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="another copy of the project (e.g. the code before a change): push_latency, connections and burst "
+        "also run on it, in the same run, for before/after ratios",
+    )
     args = parser.parse_args()
     chosen = [name for name in SCENARIOS if name in (args.scenario or SCENARIOS)]
-    plan = PLANS["quick" if args.quick else "full"]
+    plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
+    args.quick = args.quick or args.smoke
 
     problems = [
         p for p in (postgres_problem(args.postgres), redis_reachable(int(args.redis.split(":")[2].split("/")[0]))) if p
