@@ -19,8 +19,10 @@ logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FLOODING = 4429
-# RFC 6455 "Try Again Later": the channel layer (Redis) is unreachable; the client backs off.
-CLOSE_TRY_AGAIN_LATER = 1013
+# "Try again later": the channel layer (Redis) is unreachable; the client backs off. RFC 6455's
+# own 1013 cannot be used: daphne (autobahn) sends only 1000 and 3000-4999 and turns any other
+# code into a 1011 and a traceback. 4013 is its twin in the private-use range.
+CLOSE_TRY_AGAIN_LATER = 4013
 MAX_FRAME_CHARS = 4096
 # A replay reads the history one page at a time: one query per page, never the whole history.
 REPLAY_PAGE = 100
@@ -282,7 +284,7 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
     def channel_receive(self, receive):
         # Channels sets this to the layer's receive() and lets its exception end the consumer:
         # with Redis gone for longer than the connection's retries, every socket would die with
-        # a 1011 and a traceback. Turn the failure into one event that closes with 1013 instead.
+        # a 1011 and a traceback. Turn the failure into one event that closes with 4013 instead.
         async def guarded_receive():
             if self.layer_failed:
                 await asyncio.Event().wait()  # Reported once; wait to be cancelled at close.

@@ -10,7 +10,7 @@ Promises checked:
   open socket lives through it;
 - a push lost while the socket stays open (Redis paused for less than its socket timeout) is
   repaired: the next pong's last_seq is ahead of what the client has, and it resumes;
-- a handshake while Redis is down (or the pool is exhausted) is accepted and closed with 1013
+- a handshake while Redis is down (or the pool is exhausted) is accepted and closed with 4013
   (try again later) and one log line, never a 500 with a traceback; an open socket whose layer
   fails for longer than the retries is closed the same way.
 """
@@ -69,7 +69,9 @@ def layer_warnings(caplog) -> list:
 # Stand-in layers: no Redis needed -----------------------------------------------------------
 
 
-async def test_handshake_while_the_layer_is_down_is_closed_with_1013_and_one_log_line(shopper, settings, caplog):
+async def test_handshake_while_the_layer_is_down_is_closed_with_try_again_later_and_one_log_line(
+    shopper, settings, caplog
+):
     use_layer(settings, UnreachableLayer)
     client = await sync_to_async(log_in)(shopper)
 
@@ -77,11 +79,11 @@ async def test_handshake_while_the_layer_is_down_is_closed_with_1013_and_one_log
 
     assert await communicator.receive_output() == {"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER}
     [line] = layer_warnings(caplog)
-    assert "1013" in line.getMessage() and line.exc_info is None
+    assert str(CLOSE_TRY_AGAIN_LATER) in line.getMessage() and line.exc_info is None
     await communicator.disconnect()
 
 
-async def test_open_socket_whose_layer_fails_is_closed_with_1013_not_a_traceback(shopper, settings, caplog):
+async def test_open_socket_whose_layer_fails_is_closed_with_try_again_later_not_a_traceback(shopper, settings, caplog):
     layer = use_layer(settings, FailingReceiveLayer)
     client = await sync_to_async(log_in)(shopper)
     communicator = await connect(client)
@@ -240,7 +242,7 @@ async def test_pushes_lost_while_redis_is_paused_are_repaired_by_the_gap_check(l
 
 @pytest.mark.redis
 @pytest.mark.fault
-async def test_handshake_while_redis_is_down_is_closed_with_1013_then_works_when_redis_is_back(
+async def test_handshake_while_redis_is_down_is_closed_with_try_again_later_then_works_when_redis_is_back(
     layer_on_own_redis, shopper, caplog
 ):
     client = await sync_to_async(log_in)(shopper)
@@ -260,7 +262,9 @@ async def test_handshake_while_redis_is_down_is_closed_with_1013_then_works_when
 
 @pytest.mark.redis
 @pytest.mark.fault
-async def test_an_outage_longer_than_the_retries_closes_the_open_socket_with_1013(layer_on_own_redis, shopper, caplog):
+async def test_an_outage_longer_than_the_retries_closes_the_open_socket_with_try_again_later(
+    layer_on_own_redis, shopper, caplog
+):
     socket = await open_socket(await sync_to_async(log_in)(shopper))
 
     layer_on_own_redis.stop()
@@ -277,7 +281,7 @@ async def test_an_outage_longer_than_the_retries_closes_the_open_socket_with_101
 
 @pytest.mark.redis
 @pytest.mark.fault
-async def test_an_exhausted_connection_pool_closes_handshakes_with_1013_never_an_error(
+async def test_an_exhausted_connection_pool_closes_handshakes_with_try_again_later_never_an_error(
     layer_on_own_redis, shopper, settings
 ):
     """A pool far too small for the burst: the handshakes it cannot serve are told to come back."""
@@ -292,9 +296,9 @@ async def test_an_exhausted_connection_pool_closes_handshakes_with_1013_never_an
 
     answered = {
         "hello": sum(1 for output in first_outputs if '"hello"' in output.get("text", "")),
-        "1013": sum(1 for output in first_outputs if output.get("code") == CLOSE_TRY_AGAIN_LATER),
+        "try again later": sum(1 for output in first_outputs if output.get("code") == CLOSE_TRY_AGAIN_LATER),
     }
     print(f"\n[pool of 3] 40 concurrent handshakes: {answered}")
-    assert answered["hello"] + answered["1013"] == 40
+    assert answered["hello"] + answered["try again later"] == 40
     assert answered["hello"] >= 1
     await close_all(*sockets)
