@@ -220,6 +220,22 @@ def markdown(report: dict) -> str:
             out.append(
                 f"\nCatalog idle: p50 {idle.get('p50_ms')} ms, p95 {idle.get('p95_ms')} ms, p99 {idle.get('p99_ms')} ms (n {idle.get('n')}).\n"
             )
+            cpu = [
+                f"{w['concurrent_checkouts']}: {w.get('server_cpu_ms_per_checkout')} ms ({w.get('server_cpu_share')} cores)"
+                for w in scenario["waves"]
+            ]
+            out.append(
+                "\nServer CPU per checkout while a wave paid (the catalog reader's pages included): "
+                + ", ".join(cpu)
+                + ".\n"
+            )
+            several = scenario.get("several_processes")
+            if several:
+                out.append(
+                    f"\nThe wave of {several['concurrent_checkouts']} over {several['daphne_processes']} daphne processes: "
+                    f"wall {several['wall_s']} s (wall/bank {several['wall_over_bank_latency']}), errors {several['errors']}, "
+                    f"server CPU {several['server_cpu_ms_per_checkout']} ms per checkout ({several['server_cpu_share']} cores).\n"
+                )
         elif name == "push_latency":
             rows = [
                 [

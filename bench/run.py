@@ -400,6 +400,10 @@ class Run:
 # Measurements shared by scenarios -------------------------------------------------------------------
 
 
+def machine_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def read_commit_log(path: Path) -> dict[int, float]:
     commits = {}
     try:
@@ -445,20 +449,21 @@ class SocketFleet:
             for part in self.slices
         ]
         self.connected = 0
+        self.held = [0] * len(self.holders)
 
     def grow(self, total: int, wait: float = 600) -> dict:
         """Connect sockets until `total` are open; return the connect rate and failures."""
-        wanted = total - self.connected
-        shares = [
-            wanted // len(self.holders) + (1 if index < wanted % len(self.holders) else 0)
-            for index in range(len(self.holders))
-        ]
-        for holder, share in zip(self.holders, shares, strict=True):
-            holder.send(op="connect", count=share)
+        # Each holder ends with its even share of `total` (never more than its own users).
+        count = len(self.holders)
+        targets = [min(len(self.slices[i]), total // count + (1 if i < total % count else 0)) for i in range(count)]
+        for index, holder in enumerate(self.holders):
+            holder.send(op="connect", count=max(0, targets[index] - self.held[index]))
         answers = [holder.receive(wait) for holder in self.holders]
         opened = sum(answer["opened"] for answer in answers)
         failed = sum(answer["failed"] for answer in answers)
         self.connected += opened
+        for index, answer in enumerate(answers):
+            self.held[index] = answer["held"]
         starts = [answer["first_start"] for answer in answers if answer["first_start"]]
         ends = [answer["last_done"] for answer in answers if answer["last_done"]]
         elapsed = (max(ends) - min(starts)) if starts and ends else None
@@ -632,29 +637,45 @@ def scenario_notify_overhead(run: Run) -> dict:
     }
 
 
-def checkout_wave(
-    run: Run, server: DaphneServer, shoppers: list[tuple[str, str, int]], *, scenario: str, during=None
-) -> dict:
-    """All shoppers prepare their checkout, then pay at once; `during` runs while they pay."""
+def checkout_wave(run: Run, servers, shoppers: list[tuple[str, str, int]], *, scenario: str, during=None) -> dict:
+    """All shoppers prepare their checkout, then pay at once; `during` runs while they pay.
+
+    With several servers the shoppers are dealt round-robin among them (as a proxy would).
+    """
+    servers = servers if isinstance(servers, list) else [servers]
     go = ClientProcess.context.Event()
-    halves = [shoppers[index::2] for index in range(2)] if len(shoppers) > 1 else [shoppers]
-    waves = [run.client("wave", {"port": server.port, "shoppers": part, "timeout": 120}, go) for part in halves if part]
+    parts = []
+    for number, server in enumerate(servers):
+        mine = shoppers[number :: len(servers)]
+        split = 2 if len(mine) > 1 and len(servers) == 1 else 1
+        parts += [(server, mine[index::split]) for index in range(split)]
+    waves = [
+        run.client("wave", {"port": server.port, "shoppers": part, "timeout": 120}, go)
+        for server, part in parts
+        if part
+    ]
     ready = [wave.receive(300) for wave in waves]
     prepare_errors = sum(answer["prepare_error_count"] for answer in ready)
     context = during.start() if during else None
+    cpu_before = sum(process_stats(server.process.pid)["cpu_s"] or 0 for server in servers)
     started = time.time()
     go.set()
     answers = [wave.receive(300) for wave in waves]
+    cpu_after = sum(process_stats(server.process.pid)["cpu_s"] or 0 for server in servers)
     for wave in waves:
         run.finish_client(wave, scenario)
     measured = during.stop(context) if during else None
     results = [result for answer in answers for result in answer["results"]]
     finished = [result["finished"] for result in results if result.get("finished")]
+    wall = max(finished) - started if finished else None
     return {
         "started": started,
         "results": results,
         "prepare_errors": prepare_errors,
-        "wall_s": round(max(finished) - started, 3) if finished else None,
+        "wall_s": round(wall, 3) if wall else None,
+        # Server CPU while the wave paid: per checkout, and as a share of the cores the servers had.
+        "server_cpu_ms_per_checkout": round((cpu_after - cpu_before) * 1000 / len(shoppers), 2) if shoppers else None,
+        "server_cpu_share": round((cpu_after - cpu_before) / wall, 2) if wall else None,
         "during": measured,
     }
 
@@ -690,6 +711,8 @@ def scenario_slow_bank(run: Run) -> dict:
     catalog.ask(60, op="read", max_count=10)  # warm-up
     idle = catalog.ask(120, op="read", max_count=plan["catalog_idle"])
     idle_catalog = distribution_ms([seconds for _, seconds in idle["timings"]], samples=300)
+    # Warm-up: the first checkouts of a process load and compile what the others reuse.
+    checkout_wave(run, server, [(name, key, product) for name, key in users[:5]], scenario="slow_bank")
     waves = []
     for size in plan["waves"]:
         wave = checkout_wave(
@@ -711,6 +734,8 @@ def scenario_slow_bank(run: Run) -> dict:
                 :5
             ],
             "db_connections_peak": wave["during"]["db_connections_peak"],
+            "server_cpu_ms_per_checkout": wave["server_cpu_ms_per_checkout"],
+            "server_cpu_share": wave["server_cpu_share"],
             "checkout": distribution_ms(
                 [r["finished"] - r["started"] for r in results if r.get("finished")], samples=300
             ),
@@ -724,7 +749,30 @@ def scenario_slow_bank(run: Run) -> dict:
         )
     catalog.ask(30, op="close")
     run.finish_client(catalog, "slow_bank")
-    run.stop_server(server)
+    # What more processes reach: the largest wave again, dealt over one daphne per core (no proxy).
+    processes = [server] + [
+        run.server(f"slow-bank-{number}", bank_ms=SLOW_BANK_MS) for number in range(1, max(2, machine_cpus()))
+    ]
+    checkout_wave(run, processes[1:], [(name, key, product) for name, key in users[:5]], scenario="slow_bank")
+    spread = checkout_wave(
+        run, processes, [(name, key, product) for name, key in users[:largest]], scenario="slow_bank"
+    )
+    for process in processes:
+        run.stop_server(process)
+    spread_errors = [result for result in spread["results"] if not result.get("paid")]
+    several = {
+        "daphne_processes": len(processes),
+        "concurrent_checkouts": largest,
+        "wall_s": spread["wall_s"],
+        "wall_over_bank_latency": ratio(spread["wall_s"], SLOW_BANK_MS / 1000),
+        "errors": len(spread_errors) + spread["prepare_errors"],
+        "server_cpu_ms_per_checkout": spread["server_cpu_ms_per_checkout"],
+        "server_cpu_share": spread["server_cpu_share"],
+    }
+    print(
+        f"    wave of {largest} over {len(processes)} processes: wall {several['wall_s']} s, errors {several['errors']}",
+        flush=True,
+    )
     largest_wave = max(waves, key=lambda row: row["concurrent_checkouts"])
     return {
         "parameters": {
@@ -742,6 +790,7 @@ def scenario_slow_bank(run: Run) -> dict:
         },
         "catalog_idle": idle_catalog,
         "waves": waves,
+        "several_processes": several,
         "catalog_p99_storm_over_idle": largest_wave["catalog_p99_storm_over_idle"],
     }
 
@@ -1077,10 +1126,15 @@ def main() -> int:
         help="another copy of the project (e.g. the code before a change): push_latency, connections and burst "
         "also run on it, in the same run, for before/after ratios",
     )
+    parser.add_argument("--push-steps", help="override push_latency's socket steps, e.g. 1,1000,10000")
+    parser.add_argument("--connection-steps", help="override connections' socket steps, e.g. 1000,10000")
     args = parser.parse_args()
     chosen = [name for name in SCENARIOS if name in (args.scenario or SCENARIOS)]
     plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
     args.quick = args.quick or args.smoke
+    for option, key in ((args.push_steps, "push_steps"), (args.connection_steps, "connection_steps")):
+        if option:
+            plan = {**plan, key: [int(step) for step in option.split(",")]}
 
     problems = [
         p for p in (postgres_problem(args.postgres), redis_reachable(int(args.redis.split(":")[2].split("/")[0]))) if p
