@@ -80,14 +80,27 @@ async def _check_channel_layer() -> None:
     if layer is None:
         raise RuntimeError("no channel layer is configured")
     token = uuid.uuid4().hex
-    # A plain channel name (no "!"): channels-redis reads it directly, outside the receive
-    # loop this process's sockets share, so a probe that times out disturbs none of them.
-    channel, group = f"readyz.{token}", f"readyz-{token}"
-    await layer.group_add(group, channel)
-    await layer.group_send(group, {"type": "readyz.ping", "token": token})
-    message = await layer.receive(channel)
-    if message.get("token") != token:
-        raise RuntimeError("the channel layer returned another message")
-    # Not in a `finally`: after a failure or a timeout this could hang too; the layer expires
-    # the group by itself (group_expiry).
-    await layer.group_discard(group, channel)
+    # A channel of this process made by the layer, as a socket's is: the pub/sub layer adds
+    # only such channels to groups.
+    channel, group = await layer.new_channel("readyz."), f"readyz-{token}"
+    try:
+        await layer.group_add(group, channel)
+        await layer.group_send(group, {"type": "readyz.ping", "token": token})
+        message = await layer.receive(channel)
+        if message.get("token") != token:
+            raise RuntimeError("the channel layer returned another message")
+        # Not in the `finally`: after a failure or a timeout this could hang too.
+        await layer.group_discard(group, channel)
+    finally:
+        _drop_channel(layer, channel)
+
+
+def _drop_channel(layer, channel: str) -> None:
+    """Let the layer forget the probe's channel, or each probe would leave its queue behind.
+
+    Layers drop a channel when a receive on it is cancelled (that is how a socket's channel
+    ends); nothing is awaited here, so a timed-out probe cannot hang on it.
+    """
+    receiving = asyncio.ensure_future(layer.receive(channel))
+    receiving.add_done_callback(lambda task: task.cancelled() or task.exception())
+    asyncio.get_running_loop().call_soon(receiving.cancel)
