@@ -69,15 +69,26 @@ class Notification(models.Model):
         ORDER_DELIVERED = "order_delivered", "Order delivered"
         ORDER_CANCELLED = "order_cancelled", "Order cancelled"
         ORDER_REFUNDED = "order_refunded", "Order refunded"
+        BACK_IN_STOCK = "back_in_stock", "Back in stock"
 
     recipient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
     kind = models.CharField(max_length=32, choices=Kind.choices)
     title = models.CharField(max_length=200)
     body = models.TextField(blank=True)
     url = models.CharField(max_length=500, blank=True)
+    # The order it tells about (order kinds): the admin's order page lists its delivery receipts.
+    order = models.ForeignKey(
+        "shop.Order", null=True, blank=True, on_delete=models.SET_NULL, related_name="notifications"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
+    pushed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it was last handed to the channel layer for the user's open pages."
+    )
     delivered_at = models.DateTimeField(null=True, blank=True, help_text="When a browser acknowledged it.")
     read_at = models.DateTimeField(null=True, blank=True)
+    # Set, by one conditional UPDATE, by the task that emails a notification left unread: whoever
+    # sets it sends the email, so no notification is ever emailed twice.
+    emailed_at = models.DateTimeField(null=True, blank=True, help_text="When the email about it being unread went out.")
     seq = models.PositiveBigIntegerField(
         editable=False, help_text="Position in the recipient's stream: 1, 2, 3... in commit order."
     )
@@ -127,3 +138,41 @@ class Notification(models.Model):
             "created_at": self.created_at.isoformat(),
             "read": self.is_read,
         }
+
+
+class NotificationPreference(models.Model):
+    """How a user wants one kind of notification: in the app only, or also by email when left unread.
+
+    A row exists only once the user has chosen; until then the kind's default holds
+    (notifications.escalation.DEFAULT_BY_EMAIL).
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notification_preferences"
+    )
+    kind = models.CharField(max_length=32, choices=Notification.Kind.choices)
+    by_email = models.BooleanField(help_text="Also email it when it is still unread after a while.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "kind"], name="one_preference_per_user_and_kind")]
+
+    def __str__(self):
+        return f"{self.user}: {self.get_kind_display()} {'by email too' if self.by_email else 'in the app only'}"
+
+
+class StockAlert(models.Model):
+    """A signed-in shopper's "tell me when it is back" on a sold-out product.
+
+    Deleted in the transaction of the restock that tells them, so each request is answered once.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="stock_alerts")
+    product = models.ForeignKey("shop.Product", on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        constraints = [models.UniqueConstraint(fields=["user", "product"], name="one_stock_alert_per_user_and_product")]
+
+    def __str__(self):
+        return f"{self.user} waits for {self.product}"

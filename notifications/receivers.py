@@ -5,10 +5,11 @@ commits or rolls back with it, and so does the confirmation email's task; the pu
 out only after commit, the email when the task worker runs the task.
 """
 
+from shop.models import Order
 from shop.money import format_money
 from shop.services import ORDER_TRANSITIONS
 
-from . import services
+from . import alerts, live, services
 from .models import Notification
 
 
@@ -19,6 +20,7 @@ def notify_order_placed(sender, order, **kwargs):
         title=f"Order {order.number} placed",
         body=f"We received your payment of {format_money(order.total, order.currency)}. We will tell you when it ships.",
         url=order.get_absolute_url(),
+        order=order,
     )
     if order.receipt_email:
         # A task row in this same transaction: the email commits or rolls back with the order.
@@ -37,6 +39,7 @@ def notify_order_status_changed(sender, order, previous_status, actor=None, **kw
         title=title,
         body=body,
         url=order.get_absolute_url(),
+        order=order,
     )
 
 
@@ -53,3 +56,36 @@ def recheck_sockets_on_user_change(sender, instance, created=False, raw=False, u
     if update_fields is not None and set(update_fields) <= {"last_login"}:
         return  # Every login saves last_login alone: nothing about existing sessions changed.
     services.recheck_user_sockets(instance.pk)
+
+
+# Live signals (notifications.live): carts, back in stock, the staff feed ----------------------
+
+
+def announce_stock_change(sender, movements, **kwargs):
+    """Warn the carts a stock change touched (after commit, in the background); answer restock requests.
+
+    A movement up from zero is a restock: the shoppers who asked are told in this transaction.
+    """
+    live.fan_out_after_commit(live.stock_changes(movements))
+    restocked = {
+        movement.product_id: movement.stock_after
+        for movement in movements
+        if movement.delta > 0 and movement.stock_after == movement.delta
+    }
+    if restocked:
+        alerts.tell_restocked(stock=restocked)
+
+
+def tell_staff_order_paid(sender, order, **kwargs):
+    live.push_staff(live.order_paid_event(order))
+
+
+def tell_staff_payment_overdue(sender, order, **kwargs):
+    # Sent from async code, outside any transaction: push now, and query nothing.
+    live.push_staff(live.payment_attention_event(order, reason="overdue", may_query=False), after_commit=False)
+
+
+def tell_staff_payment_released(sender, order, previous_status, actor=None, **kwargs):
+    """A pending order cancelled by the system (reconciliation, or a late refusal) needs staff's eye."""
+    if previous_status == Order.Status.PENDING and order.status == Order.Status.CANCELLED and actor is None:
+        live.push_staff(live.payment_attention_event(order, reason="released"))

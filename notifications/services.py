@@ -12,13 +12,13 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from . import tasks
+from . import escalation, receipts, tasks
 from .models import Notification
 
 logger = logging.getLogger(__name__)
@@ -106,9 +106,13 @@ async def adispatch(notification: Notification, unread: int | None = None) -> bo
     if unread is None:
         unread = await Notification.objects.for_user(notification.recipient_id).unread().acount()
     message = {"type": "notification.message", "notification": notification.to_message(), "unread": unread}
-    return await _bounded_group_send(
+    sent = await _bounded_group_send(
         user_group(notification.recipient_id), message, what=f"notification {notification.pk}"
     )
+    if sent:
+        # The delivery receipt's "pushed" (admin), queued and written in batches off this path.
+        await receipts.anote_pushed(notification.pk, server_loop=_server_loop)
+    return sent
 
 
 def dispatch(notification: Notification, unread: int | None = None) -> None:
@@ -116,23 +120,31 @@ def dispatch(notification: Notification, unread: int | None = None) -> None:
     run_in_background(lambda: adispatch(notification, unread))
 
 
-def notify(*, recipient, kind: str, title: str, body: str = "", url: str = "") -> Notification:
+def notify(*, recipient, kind: str, title: str, body: str = "", url: str = "", order=None) -> Notification:
     """Write a notification in the current transaction and push it once that commits.
 
     A rolled-back transaction leaves no row and pushes nothing. The recipient's unread count
     goes with the push: it is read here, on the transaction's open connection, while the stream
     lock keeps the user's other notifications waiting (a read in another tab meanwhile sends
     its own `unread` frame). Read after commit instead, each push opened a database connection.
+    `order` links it to the order it tells about (the admin's delivery receipts); the email
+    for it staying unread, if the recipient wants that kind by email, is enqueued here too.
     """
-    notification = Notification.objects.create(recipient=recipient, kind=kind, title=title, body=body, url=url)
+    notification = Notification.objects.create(
+        recipient=recipient, kind=kind, title=title, body=body, url=url, order=order
+    )
+    escalation.schedule_unread_email(notification)
     unread = Notification.objects.for_user(notification.recipient_id).unread().count()
     transaction.on_commit(lambda: dispatch(notification, unread), robust=True)
     return notification
 
 
-async def anotify(*, recipient, kind: str, title: str, body: str = "", url: str = "") -> Notification:
+async def anotify(*, recipient, kind: str, title: str, body: str = "", url: str = "", order=None) -> Notification:
     """Async twin of notify(): write the row, then push it in the background."""
-    notification = await Notification.objects.acreate(recipient=recipient, kind=kind, title=title, body=body, url=url)
+    notification = await Notification.objects.acreate(
+        recipient=recipient, kind=kind, title=title, body=body, url=url, order=order
+    )
+    await sync_to_async(escalation.schedule_unread_email)(notification)
     dispatch(notification)
     return notification
 

@@ -5,16 +5,20 @@ The API views are async and use the async ORM: a poll holds no thread.
 
 import json
 
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 from django.views.generic import ListView
 
-from . import services
+from . import alerts, escalation, services
 from .consumers import parse_notification_id
+from .forms import PreferencesForm, StockAlertForm
 from .models import Notification, NotificationStream
 
 API_PAGE_SIZE = 50
@@ -120,3 +124,57 @@ async def api_read(request: HttpRequest) -> HttpResponse:
     if not _wants_json(request):
         return redirect(_local_path(payload.get("next"), request) or reverse("notifications:inbox"))
     return JsonResponse({"unread": await Notification.objects.for_user(user).unread().acount()})
+
+
+# Preferences and back-in-stock requests ------------------------------------------------------
+
+
+@login_required
+def preferences(request: HttpRequest) -> HttpResponse:
+    """Per kind of notification: in the app only, or also by email when it stays unread."""
+    minutes = settings.NOTIFICATIONS_EMAIL_AFTER_MINUTES
+    initial = PreferencesForm.initial_for(escalation.email_preferences(user=request.user))
+    form = PreferencesForm(request.POST or None, initial=initial, minutes=minutes)
+    if request.method == "POST":
+        if form.is_valid():
+            escalation.set_email_preferences(user=request.user, by_email=form.by_email())
+            messages.success(request, "Your notification preferences are saved.")
+            return redirect("notifications:preferences")
+        status = 400
+    else:
+        status = 200
+    context = {"form": form, "minutes": minutes, "has_email": bool(request.user.email)}
+    return render(request, "notifications/preferences.html", context, status=status)
+
+
+def _back_to_product(request: HttpRequest, form: StockAlertForm) -> HttpResponse:
+    product = form.cleaned_data.get("product") if form.is_valid() else None
+    fallback = product.get_absolute_url() if product is not None else reverse("shop:catalog")
+    return redirect(_local_path(request.POST.get("next"), request) or fallback)
+
+
+@require_POST
+@login_required
+def stock_alert(request: HttpRequest) -> HttpResponse:
+    """Ask to be told when a sold-out product is back in stock."""
+    form = StockAlertForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, " ".join(error for errors in form.errors.values() for error in errors))
+        return _back_to_product(request, form)
+    product = form.cleaned_data["product"]
+    try:
+        alerts.request_stock_alert(user=request.user, product=product)
+    except alerts.StockAlertRefused as refused:
+        messages.info(request, refused.message)
+    else:
+        messages.success(request, f"We will tell you when {product.name} is back in stock.")
+    return _back_to_product(request, form)
+
+
+@require_POST
+@login_required
+def stock_alert_cancel(request: HttpRequest) -> HttpResponse:
+    form = StockAlertForm(request.POST)
+    if form.is_valid() and alerts.cancel_stock_alert(user=request.user, product=form.cleaned_data["product"]):
+        messages.success(request, f"We will not tell you about {form.cleaned_data['product'].name}.")
+    return _back_to_product(request, form)

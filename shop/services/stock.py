@@ -14,6 +14,7 @@ from django.db import transaction
 from django.db.models import Case, F, IntegerField, Value, When
 
 from ..models import Order, Product, StockMovement
+from ..signals import stock_changed
 from .errors import InsufficientStock, InvalidStockChange
 
 # The largest stock a product may hold: what PostgreSQL's integer column stores. Bigger
@@ -80,6 +81,9 @@ def _move_stock(
             )
             for product_id, delta in sorted(deltas.items())
         )
+        # Last step, under the locks: listeners (carts to warn, shoppers waiting for a restock)
+        # write in this transaction and push only after it commits.
+        stock_changed.send(sender=Product, movements=movements)
     return movements
 
 

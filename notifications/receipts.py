@@ -1,0 +1,60 @@
+"""Delivery receipts: when each notification was pushed, written off the push path.
+
+A push itself makes no database call. On the server's loop (daphne) the "pushed" times are
+queued and written by one writer task, one UPDATE per batch: ids that arrive while a write
+is running go into the next one, so a burst of pushes (a restock telling a thousand
+shoppers) costs a few queries. Pushes made outside a server (the task worker, a command)
+have no loop that outlives them, and the push must not wait for a write: they are not
+recorded. With the in-memory layer such a push reaches nobody anyway; with Redis the
+browser's ack (`delivered_at`) still records the delivery that matters.
+"""
+
+import asyncio
+import logging
+from datetime import datetime
+
+from asgiref.sync import sync_to_async
+from django.db.models import Case, DateTimeField, Value, When
+from django.utils import timezone
+
+from .models import Notification
+
+logger = logging.getLogger(__name__)
+
+BATCH = 500
+
+_pending: dict[int, datetime] = {}
+_writer: asyncio.Task | None = None
+
+
+async def anote_pushed(notification_id: int, *, server_loop: asyncio.AbstractEventLoop | None) -> None:
+    """Note that a notification was handed to the channel layer just now; never waits for the database."""
+    loop = asyncio.get_running_loop()
+    if loop is not server_loop:
+        return
+    _pending[notification_id] = timezone.now()
+    global _writer
+    if _writer is None or _writer.done():
+        _writer = loop.create_task(_write_pending())
+
+
+async def _write_pending() -> None:
+    while _pending:
+        ids = list(_pending)[:BATCH]
+        batch = {notification_id: _pending.pop(notification_id) for notification_id in ids}
+        try:
+            await sync_to_async(write_pushed)(batch)
+        except Exception as error:  # The pushes are out; a receipt we cannot write fails nothing.
+            logger.warning("Could not record %d push receipts: %r", len(batch), error)
+
+
+def write_pushed(pushed: dict[int, datetime]) -> int:
+    """Set `pushed_at` of each notification (id -> time) in one UPDATE; return the rows updated."""
+    if not pushed:
+        return 0
+    return Notification.objects.filter(pk__in=pushed).update(
+        pushed_at=Case(
+            *(When(pk=notification_id, then=Value(at)) for notification_id, at in pushed.items()),
+            output_field=DateTimeField(),
+        )
+    )
