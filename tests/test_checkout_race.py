@@ -6,18 +6,17 @@ its own database connection) and closes its connection at the end.
 
 import re
 import secrets
-import threading
 from datetime import date
 from decimal import Decimal
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.db import connection
 
 from shop import payments, services
 from shop.models import Order, Payment, Product
 from shop.payments import Card
 from shop.signals import order_placed
+from tests.concurrency import race
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -30,29 +29,6 @@ def slow_bank(settings):
     settings.SANDBOX_BANK_LATENCY_MS = 50
     payments.get_gateway.cache_clear()
     return payments.get_gateway()
-
-
-def race(jobs: list) -> list:
-    """Start every job at the same moment in its own thread; return each one's result or exception."""
-    barrier = threading.Barrier(len(jobs))
-    outcomes: list = [None] * len(jobs)
-
-    def run(index, job):
-        try:
-            barrier.wait(timeout=30)
-            outcomes[index] = job()
-        except BaseException as error:  # noqa: BLE001 - the test inspects every outcome
-            outcomes[index] = error
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(index, job)) for index, job in enumerate(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads), "a checkout hung"
-    return outcomes
 
 
 def checkout_job(user, token):

@@ -1,7 +1,6 @@
 """Stock moves only through the stock services, each move recorded; staff edits never undo a sale."""
 
 import secrets
-import threading
 from datetime import date
 from decimal import Decimal
 
@@ -14,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from shop import payments, services
 from shop.models import Order, OrderLine, Product, StockMovement
 from shop.payments import Card, PaymentDeclined
+from tests.concurrency import race
 
 CARD = Card(number="4242424242424242", expiry_month=12, expiry_year=date.today().year + 1, cvc="123")
 
@@ -625,29 +625,6 @@ def test_the_stock_movement_list_is_read_only_and_filters_by_reason_and_product(
 
 
 # Concurrency (PostgreSQL: real threads, real row locks) -------------------------------------
-
-
-def race(jobs: list) -> list:
-    """Start every job at the same moment in its own thread; return each one's result or exception."""
-    barrier = threading.Barrier(len(jobs))
-    outcomes: list = [None] * len(jobs)
-
-    def run(index, job):
-        try:
-            barrier.wait(timeout=30)
-            outcomes[index] = job()
-        except BaseException as error:  # noqa: BLE001 - the test inspects every outcome
-            outcomes[index] = error
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(index, job)) for index, job in enumerate(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads), "a stock change hung"
-    return outcomes
 
 
 @pytest.mark.postgres
