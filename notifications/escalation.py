@@ -62,12 +62,41 @@ def schedule_unread_email(notification: Notification) -> bool:
     Called by notify() in the notification's transaction: the task row commits or rolls back
     with it. Return whether a task was enqueued.
     """
-    recipient = notification.recipient
-    if not recipient.email or not wants_email(user_id=recipient.pk, kind=notification.kind):
-        return False
-    due = (notification.created_at or timezone.now()) + email_delay()
-    send_unread_email.using(run_after=due).enqueue(notification_id=notification.pk)
-    return True
+    return schedule_unread_emails([notification]) == 1
+
+
+def schedule_unread_emails(notifications: list[Notification]) -> int:
+    """schedule_unread_email() for many notifications, with one query for their recipients' choices.
+
+    One notification gets its own task; a bulk of them (an admin action shipping thousands of
+    orders) gets one task for all, which emails each that is still unread when it runs.
+    Return how many emails were scheduled.
+    """
+    candidates = [notification for notification in notifications if notification.recipient.email]
+    chosen = (
+        dict(
+            ((user_id, kind), by_email)
+            for user_id, kind, by_email in NotificationPreference.objects.filter(
+                user_id__in={notification.recipient_id for notification in candidates},
+                kind__in={notification.kind for notification in candidates},
+            ).values_list("user_id", "kind", "by_email")
+        )
+        if candidates
+        else {}
+    )
+    wanted = [
+        notification
+        for notification in candidates
+        if chosen.get((notification.recipient_id, notification.kind), DEFAULT_BY_EMAIL.get(notification.kind, False))
+    ]
+    if not wanted:
+        return 0
+    due = max(notification.created_at or timezone.now() for notification in wanted) + email_delay()
+    if len(wanted) == 1:
+        send_unread_email.using(run_after=due).enqueue(notification_id=wanted[0].pk)
+    else:
+        send_unread_emails.using(run_after=due).enqueue(notification_ids=[notification.pk for notification in wanted])
+    return len(wanted)
 
 
 def build_unread_email(notification: Notification) -> EmailMessage:
@@ -131,3 +160,10 @@ def send_unread_email(*, notification_id: int, attempt: int = 1) -> dict:
         )
         return {"sent": False, "next_attempt": attempt + 1}
     return {"sent": True}
+
+
+@task()
+def send_unread_emails(*, notification_ids: list[int]) -> dict:
+    """send_unread_email() for each of a bulk of notifications; a failing one retries on its own."""
+    results = [send_unread_email.call(notification_id=notification_id) for notification_id in notification_ids]
+    return {"sent": sum(1 for result in results if result.get("sent")), "of": len(notification_ids)}

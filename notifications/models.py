@@ -1,3 +1,5 @@
+from collections.abc import Mapping
+
 from django.conf import settings
 from django.db import models, transaction
 from django.db.models import Q
@@ -11,16 +13,28 @@ class NotificationStreamManager(models.Manager):
         that transaction ends, so a second writer of the same user waits for the commit (or
         rollback) of the first and its number follows in commit order.
         """
-        locked = self.select_for_update()
-        stream = locked.filter(pk=recipient_id).first()
-        if stream is None:
-            # The user's first notification. Two first writers at once: the second insert is a
-            # no-op (on PostgreSQL it waits for the first writer's commit), then both lock the row.
-            self.bulk_create([self.model(recipient_id=recipient_id)], ignore_conflicts=True)
-            stream = locked.get(pk=recipient_id)
-        stream.last_seq += 1
-        stream.save(update_fields=["last_seq"])
-        return stream.last_seq
+        return self.claim_seqs({recipient_id: 1})[recipient_id]
+
+    def claim_seqs(self, counts: Mapping[int, int]) -> dict[int, int]:
+        """claim_next_seq() for many recipients at once (a bulk of notifications).
+
+        Lock each recipient's stream (in pk order, as every writer does), advance it by
+        `counts[recipient]` and return recipient -> the first of the numbers claimed.
+        """
+        ids = sorted(counts)
+        locked = self.select_for_update().order_by("pk")
+        streams = {stream.pk: stream for stream in locked.filter(pk__in=ids)}
+        if missing := [recipient_id for recipient_id in ids if recipient_id not in streams]:
+            # First notifications. Two first writers at once: the second insert is a no-op (on
+            # PostgreSQL it waits for the first writer's commit), then both lock the row.
+            self.bulk_create([self.model(recipient_id=recipient_id) for recipient_id in missing], ignore_conflicts=True)
+            streams.update({stream.pk: stream for stream in locked.filter(pk__in=missing)})
+        first = {}
+        for stream in streams.values():
+            first[stream.pk] = stream.last_seq + 1
+            stream.last_seq += counts[stream.pk]
+        self.bulk_update(list(streams.values()), ["last_seq"], batch_size=1000)
+        return first
 
     def last_seq(self, recipient_id: int) -> int:
         """The newest committed sequence number of the user (0 if none): everything up to it is readable."""

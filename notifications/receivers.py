@@ -28,12 +28,24 @@ def notify_order_placed(sender, order, **kwargs):
 
 
 def notify_order_status_changed(sender, order, previous_status, actor=None, **kwargs):
+    if draft := _status_change_draft(order, previous_status):
+        services.notify_many([draft])
+
+
+def notify_orders_status_changed(sender, changes, actor=None, **kwargs):
+    """An admin bulk action: every shopper told, the rows written in bulk and pushed together."""
+    services.notify_many(
+        [draft for order, previous in changes if (draft := _status_change_draft(order, previous)) is not None]
+    )
+
+
+def _status_change_draft(order, previous_status) -> services.Draft | None:
     transition = ORDER_TRANSITIONS.get(order.status)
     if transition is None:
-        return
+        return None
     # The texts live with the shop's table of transitions: one place says what each move means.
     title, body = transition.shopper_message(order=order, previous_status=previous_status)
-    services.notify(
+    return services.Draft(
         recipient=order.user,
         kind=Notification.Kind(f"order_{order.status}"),
         title=title,

@@ -10,16 +10,19 @@ import asyncio
 import contextvars
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count
 from django.utils import timezone
 
 from . import escalation, receipts, tasks
-from .models import Notification
+from .models import Notification, NotificationStream
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +123,40 @@ def dispatch(notification: Notification, unread: int | None = None) -> None:
     run_in_background(lambda: adispatch(notification, unread))
 
 
+async def adispatch_many(pushes: list[tuple[Notification, int]]) -> int:
+    """Push many notifications (each with its unread count) at once; return how many went out.
+
+    They go out in rounds: each round sends at most one notification per recipient, all at
+    once, and waits for them, so a user's frames arrive in their sequence order while
+    thousands of users are pushed to concurrently.
+    """
+    rounds: list[list[tuple[Notification, int]]] = []
+    sent_per_user: dict[int, int] = {}
+    for push in pushes:
+        number = sent_per_user.get(push[0].recipient_id, 0)
+        sent_per_user[push[0].recipient_id] = number + 1
+        if number == len(rounds):
+            rounds.append([])
+        rounds[number].append(push)
+    sent = 0
+    for round_ in rounds:
+        results = await asyncio.gather(*(adispatch(notification, unread) for notification, unread in round_))
+        sent += sum(results)
+    return sent
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A notification to write: notify()'s arguments."""
+
+    recipient: object  # a User
+    kind: str
+    title: str
+    body: str = ""
+    url: str = ""
+    order: object = None  # a shop Order
+
+
 def notify(*, recipient, kind: str, title: str, body: str = "", url: str = "", order=None) -> Notification:
     """Write a notification in the current transaction and push it once that commits.
 
@@ -130,13 +167,60 @@ def notify(*, recipient, kind: str, title: str, body: str = "", url: str = "", o
     `order` links it to the order it tells about (the admin's delivery receipts); the email
     for it staying unread, if the recipient wants that kind by email, is enqueued here too.
     """
-    notification = Notification.objects.create(
-        recipient=recipient, kind=kind, title=title, body=body, url=url, order=order
-    )
-    escalation.schedule_unread_email(notification)
-    unread = Notification.objects.for_user(notification.recipient_id).unread().count()
-    transaction.on_commit(lambda: dispatch(notification, unread), robust=True)
+    [notification] = notify_many([Draft(recipient=recipient, kind=kind, title=title, body=body, url=url, order=order)])
     return notification
+
+
+def notify_many(drafts: list[Draft]) -> list[Notification]:
+    """notify() for many notifications in the current transaction, in a few statements.
+
+    The same rows, sequence numbers, unread counts, unread emails and pushes as one notify()
+    each, but the streams are locked and advanced together, the rows inserted together, and
+    one background task pushes them all once the transaction commits (an admin action shipping
+    5000 orders: one transaction, then every shopper told within moments of each other).
+    """
+    if not drafts:
+        return []
+    with transaction.atomic():
+        per_recipient = Counter(draft.recipient.pk for draft in drafts)
+        next_seq = NotificationStream.objects.claim_seqs(per_recipient)
+        notifications = []
+        for draft in drafts:
+            seq = next_seq[draft.recipient.pk]
+            next_seq[draft.recipient.pk] = seq + 1
+            notifications.append(
+                Notification(
+                    recipient=draft.recipient,
+                    kind=draft.kind,
+                    title=draft.title,
+                    body=draft.body,
+                    url=draft.url,
+                    order=draft.order,
+                    seq=seq,
+                )
+            )
+        Notification.objects.bulk_create(notifications, batch_size=1000)
+        escalation.schedule_unread_emails(notifications)
+        unread_now = dict(
+            Notification.objects.filter(recipient_id__in=per_recipient)
+            .unread()
+            .values("recipient_id")
+            .annotate(count=Count("pk"))
+            .values_list("recipient_id", "count")
+        )
+    # Each push carries the count as it stood once its own notification was written.
+    still_to_come = Counter(per_recipient)
+    pushes = []
+    for notification in notifications:
+        still_to_come[notification.recipient_id] -= 1
+        pushes.append(
+            (notification, unread_now.get(notification.recipient_id, 0) - still_to_come[notification.recipient_id])
+        )
+    if len(pushes) == 1:
+        transaction.on_commit(lambda: dispatch(*pushes[0]), robust=True)
+    else:
+        transaction.on_commit(lambda: run_in_background(lambda: adispatch_many(pushes)), robust=True)
+    return notifications
 
 
 async def anotify(*, recipient, kind: str, title: str, body: str = "", url: str = "", order=None) -> Notification:

@@ -351,16 +351,24 @@ class OrderAdminForm(forms.ModelForm):
 
 
 def _change_status(modeladmin, request, queryset, status):
-    changed = 0
-    for order in queryset.order_by("pk"):
-        try:
-            services.change_order_status(order=order, status=status, actor=request.user)
-            changed += 1
-        except (services.InvalidTransition, PaymentError) as error:
-            modeladmin.message_user(request, error.message, messages.ERROR)
-    if changed:
+    result = services.change_orders_status(
+        order_ids=queryset.values_list("pk", flat=True), status=status, actor=request.user
+    )
+    # Each refusal says which order and why; a selection of thousands is summed up, not listed.
+    for problem in result.problems[:MAX_LISTED_PROBLEMS]:
+        modeladmin.message_user(request, problem, messages.ERROR)
+    if len(result.problems) > MAX_LISTED_PROBLEMS:
+        modeladmin.message_user(
+            request,
+            f"… and {len(result.problems) - MAX_LISTED_PROBLEMS} more order(s) could not be changed.",
+            messages.ERROR,
+        )
+    if result.changed:
         label = Order.Status(status).label.lower()
-        modeladmin.message_user(request, f"{changed} order(s) marked {label}.", messages.SUCCESS)
+        modeladmin.message_user(request, f"{len(result.changed)} order(s) marked {label}.", messages.SUCCESS)
+
+
+MAX_LISTED_PROBLEMS = 10
 
 
 def _status_action(transition: services.Transition):

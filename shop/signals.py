@@ -16,6 +16,12 @@ order_placed = Signal()
 # previous_status=str, actor=User | None.
 order_status_changed = Signal()
 
+# Staff moved many orders to one status at once (an admin bulk action), in one transaction.
+# Sent once, instead of order_status_changed for each, with changes=list[(Order, previous_status)]
+# (the orders with their users loaded) and actor=User | None: a receiver of one must handle
+# the other, and can write its rows for all the orders in a few statements.
+orders_status_changed = Signal()
+
 # Stock moved (shop.services.stock, every path: checkout, returns, staff). Sent with
 # movements=list[StockMovement], one a product, each with its product (name and the stock
 # as locked), delta, stock_after and order (set for sales and returns). Sent inside the

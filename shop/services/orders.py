@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from ..models import Order, OrderEvent, Payment
 from ..money import format_money
-from ..payments import get_gateway
-from ..signals import order_status_changed
+from ..payments import PaymentError, get_gateway
+from ..signals import order_status_changed, orders_status_changed
 from .errors import InvalidTransition
 from .stock import return_order_stock
 
@@ -140,6 +140,70 @@ def change_order_status(*, order: Order, status: str, actor=None, message: str =
         order_status_changed.send(sender=Order, order=order, previous_status=previous, actor=actor)
     logger.info("Order %s: %s -> %s by %s", order.number, previous, status, actor or "the system")
     return order
+
+
+@dataclass
+class BulkStatusChange:
+    """What change_orders_status() did: the orders moved, and why the others were not."""
+
+    changed: list[Order]
+    problems: list[str]
+
+
+def change_orders_status(*, order_ids, status: str, actor=None, message: str = "") -> BulkStatusChange:
+    """Move many orders to `status` at once (the admin's bulk actions).
+
+    Moves that touch neither money nor stock (shipping, delivering) are made together: one
+    transaction, a few statements whatever the number of orders, and one signal for all of
+    them, so their notifications are written in bulk and pushed together once it commits.
+    (One transaction an order took 98 s for 5000 orders, and the shoppers heard over those
+    98 s.) A move that refunds or returns stock goes one order per transaction through
+    change_order_status(), since it waits for the bank. Orders that cannot make the move are
+    left alone and said why.
+    """
+    if status not in Order.Status.values:
+        raise InvalidTransition(f"{status!r} is not an order status.")
+    transition = ORDER_TRANSITIONS.get(status)
+    changed: list[Order] = []
+    problems: list[str] = []
+    one_by_one: list[Order] = []
+    with transaction.atomic():
+        # Rows locked in pk order, as every path that locks several orders does; the users are
+        # read with them (the notifications need their addresses) but not locked.
+        locked = list(
+            Order.objects.select_for_update(of=("self",))
+            .select_related("user")
+            .filter(pk__in=list(order_ids))
+            .order_by("pk")
+        )
+        for order in locked:
+            if problem := transition_problem(order=order, status=status):
+                problems.append(problem)
+            elif order.status in transition.refunds_from | transition.returns_stock_from:
+                one_by_one.append(order)
+            else:
+                changed.append(order)
+        if changed:
+            now = timezone.now()
+            previous = {order.pk: order.status for order in changed}
+            Order.objects.filter(pk__in=previous).update(status=status, updated_at=now)
+            for order in changed:
+                order.status, order.updated_at = status, now
+            OrderEvent.objects.bulk_create(
+                OrderEvent(order=order, from_status=previous[order.pk], to_status=status, actor=actor, message=message)
+                for order in changed
+            )
+            orders_status_changed.send(
+                sender=Order, changes=[(order, previous[order.pk]) for order in changed], actor=actor
+            )
+    if changed:
+        logger.info("%d orders -> %s by %s", len(changed), status, actor or "the system")
+    for order in one_by_one:
+        try:
+            changed.append(change_order_status(order=order, status=status, actor=actor, message=message))
+        except (InvalidTransition, PaymentError) as error:
+            problems.append(error.message)
+    return BulkStatusChange(changed=changed, problems=problems)
 
 
 def refund_order_payment(*, order: Order) -> Payment | None:
