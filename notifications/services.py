@@ -100,6 +100,33 @@ async def _bounded_group_send(group: str, message: dict, *, what: str) -> bool:
     return False
 
 
+async def _bounded_group_send_many(messages: list[tuple[str, dict]], *, what: str) -> bool:
+    """Send many group messages within the dispatch timeout; log and swallow any failure.
+
+    The Redis layer sends them all in one round trip (group_send_many); others one by one.
+    """
+    layer = get_channel_layer()
+    send_many = getattr(layer, "group_send_many", None)
+    if send_many is None:
+
+        async def send_many(messages):
+            for group, message in messages:
+                await layer.group_send(group, message)
+
+    try:
+        await asyncio.wait_for(send_many(messages), timeout=settings.NOTIFICATIONS_DISPATCH_TIMEOUT)
+        return True
+    except asyncio.TimeoutError:
+        logger.warning("Push of %s timed out; it will be replayed on the next connect", what)
+    except Exception as error:
+        logger.warning("Push of %s failed (%r); it will be replayed on the next connect", what, error)
+    return False
+
+
+def _push_message(notification: Notification, unread: int) -> dict:
+    return {"type": "notification.message", "notification": notification.to_message(), "unread": unread}
+
+
 async def adispatch(notification: Notification, unread: int | None = None) -> bool:
     """Push one notification, with the recipient's unread count, to all their sockets.
 
@@ -108,9 +135,10 @@ async def adispatch(notification: Notification, unread: int | None = None) -> bo
     """
     if unread is None:
         unread = await Notification.objects.for_user(notification.recipient_id).unread().acount()
-    message = {"type": "notification.message", "notification": notification.to_message(), "unread": unread}
     sent = await _bounded_group_send(
-        user_group(notification.recipient_id), message, what=f"notification {notification.pk}"
+        user_group(notification.recipient_id),
+        _push_message(notification, unread),
+        what=f"notification {notification.pk}",
     )
     if sent:
         # The delivery receipt's "pushed" (admin), queued and written in batches off this path.
@@ -124,11 +152,11 @@ def dispatch(notification: Notification, unread: int | None = None) -> None:
 
 
 async def adispatch_many(pushes: list[tuple[Notification, int]]) -> int:
-    """Push many notifications (each with its unread count) at once; return how many went out.
+    """Push many notifications (each with its unread count); return how many went out.
 
-    They go out in rounds: each round sends at most one notification per recipient, all at
-    once, and waits for them, so a user's frames arrive in their sequence order while
-    thousands of users are pushed to concurrently.
+    They go out in rounds of at most one notification per recipient, each round in one round
+    trip to Redis, so a user's frames arrive in their sequence order; a round that fails is
+    logged and its notifications are replayed on the next connect, as for one push.
     """
     rounds: list[list[tuple[Notification, int]]] = []
     sent_per_user: dict[int, int] = {}
@@ -140,8 +168,14 @@ async def adispatch_many(pushes: list[tuple[Notification, int]]) -> int:
         rounds[number].append(push)
     sent = 0
     for round_ in rounds:
-        results = await asyncio.gather(*(adispatch(notification, unread) for notification, unread in round_))
-        sent += sum(results)
+        messages = [
+            (user_group(notification.recipient_id), _push_message(notification, unread))
+            for notification, unread in round_
+        ]
+        if await _bounded_group_send_many(messages, what=f"{len(messages)} notifications"):
+            sent += len(round_)
+            for notification, _ in round_:
+                await receipts.anote_pushed(notification.pk, server_loop=_server_loop)
     return sent
 
 

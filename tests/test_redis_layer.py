@@ -193,3 +193,41 @@ async def test_idle_socket_outlives_the_layers_5_second_blocking_read(open_socke
     assert await receive_notification(socket) == notification.pk
     await socket.send_json_to({"type": "ping"})
     assert (await socket.receive_json_from(timeout=5))["type"] == "pong"
+
+
+async def test_a_bulk_of_notifications_reaches_each_socket_in_order_in_one_round_trip_a_round(
+    open_socket, shopper, other_shopper, monkeypatch
+):
+    """An admin bulk action: every push of a round in one pipeline, each user's frames in sequence (issue 8).
+
+    Before: one PUBLISH at a time under the shard's lock, 5000 of them queued for seconds and
+    the tail outlived the push timeout.
+    """
+    from notifications.layers import _Shard
+
+    pipelines = []
+    real_publish_many = _Shard.publish_many
+
+    async def counted_publish_many(self, messages):
+        pipelines.append(len(messages))
+        await real_publish_many(self, messages)
+
+    monkeypatch.setattr(_Shard, "publish_many", counted_publish_many)
+    sockets = [await open_socket(await sync_to_async(log_in)(user)) for user in (shopper, other_shopper)]
+
+    def ship_three_each():
+        with transaction.atomic():
+            return services.notify_many(
+                [
+                    services.Draft(recipient=user, kind=Notification.Kind.ORDER_SHIPPED, title=f"{user} {number}")
+                    for number in range(3)
+                    for user in (shopper, other_shopper)
+                ]
+            )
+
+    written = await sync_to_async(ship_three_each)()
+
+    for socket, user in zip(sockets, (shopper, other_shopper), strict=True):
+        ids = [await receive_notification(socket) for _ in range(3)]
+        assert ids == [notification.pk for notification in written if notification.recipient_id == user.pk]
+    assert pipelines == [2, 2, 2]  # Three rounds, each one pipeline of one push per user.
