@@ -29,10 +29,17 @@ _writer: asyncio.Task | None = None
 
 async def anote_pushed(notification_id: int, *, server_loop: asyncio.AbstractEventLoop | None) -> None:
     """Note that a notification was handed to the channel layer just now; never waits for the database."""
+    await anote_pushed_many([notification_id], server_loop=server_loop)
+
+
+async def anote_pushed_many(notification_ids: list[int], *, server_loop: asyncio.AbstractEventLoop | None) -> None:
+    """anote_pushed() for notifications pushed together (one round of a bulk), at one time."""
     loop = asyncio.get_running_loop()
     if loop is not server_loop:
         return
-    _pending[notification_id] = timezone.now()
+    now = timezone.now()
+    for notification_id in notification_ids:
+        _pending[notification_id] = now
     global _writer
     if _writer is None or _writer.done():
         _writer = loop.create_task(_write_pending())
@@ -49,12 +56,22 @@ async def _write_pending() -> None:
 
 
 def write_pushed(pushed: dict[int, datetime]) -> int:
-    """Set `pushed_at` of each notification (id -> time) in one UPDATE; return the rows updated."""
+    """Set `pushed_at` of each notification (id -> time) in one UPDATE; return the rows updated.
+
+    Pushes made together (a bulk's round) share their time: one branch per distinct time, not
+    per notification (a CASE of 500 branches cost about 5 ms of CPU to build, per batch).
+    """
     if not pushed:
         return 0
+    ids_at: dict[datetime, list[int]] = {}
+    for notification_id, at in pushed.items():
+        ids_at.setdefault(at, []).append(notification_id)
+    if len(ids_at) == 1:
+        [(at, ids)] = ids_at.items()
+        return Notification.objects.filter(pk__in=ids).update(pushed_at=at)
     return Notification.objects.filter(pk__in=pushed).update(
         pushed_at=Case(
-            *(When(pk=notification_id, then=Value(at)) for notification_id, at in pushed.items()),
+            *(When(pk__in=ids, then=Value(at)) for at, ids in ids_at.items()),
             output_field=DateTimeField(),
         )
     )

@@ -174,8 +174,7 @@ async def adispatch_many(pushes: list[tuple[Notification, int]]) -> int:
         ]
         if await _bounded_group_send_many(messages, what=f"{len(messages)} notifications"):
             sent += len(round_)
-            for notification, _ in round_:
-                await receipts.anote_pushed(notification.pk, server_loop=_server_loop)
+            await receipts.anote_pushed_many([notification.pk for notification, _ in round_], server_loop=_server_loop)
     return sent
 
 

@@ -51,6 +51,26 @@ def test_write_pushed_records_each_notifications_own_time_in_one_update(shopper,
     assert (first.pushed_at, second.pushed_at) == (at, at - timezone.timedelta(seconds=5))
 
 
+def test_pushes_made_together_are_recorded_with_their_one_time_not_a_branch_each(shopper):
+    """A bulk's round of pushes shares one time (issue 8): its receipts are one plain UPDATE.
+
+    Before: a CASE branch per notification, 500 a batch, built in Python on the server's thread
+    while it was delivering the bulk.
+    """
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    ids = [Notification.objects.create(recipient=shopper, kind="order_shipped", title=str(n)).pk for n in range(50)]
+    at = timezone.now()
+
+    with CaptureQueriesContext(connection) as queries:
+        assert receipts.write_pushed(dict.fromkeys(ids, at)) == 50
+
+    [update] = queries
+    assert "CASE" not in update["sql"]
+    assert set(Notification.objects.values_list("pushed_at", flat=True)) == {at}
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_a_push_made_by_the_server_records_pushed_then_the_ack_delivered_and_the_read(
     shopper, staff, make_product, in_memory_layer, close_worker_thread_connections
