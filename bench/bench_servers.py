@@ -159,18 +159,25 @@ def cpu_count() -> int:
 
 
 class Worker:
-    """`manage.py db_worker` (the task worker) beside the servers, with its own log file."""
+    """`manage.py db_worker` (the task worker) beside the servers, with its own log file.
 
-    def __init__(self, *, root: Path, python: Path, env: dict, log_dir: Path):
+    `name` names the log file (several workers side by side); `args` go to db_worker after
+    `--no-reload` (e.g. `--no-startup-delay`).
+    """
+
+    def __init__(
+        self, *, root: Path, python: Path, env: dict, log_dir: Path, name: str = "worker", args: tuple[str, ...] = ()
+    ):
         self.root, self.python, self.env = root, python, env
-        self.log_path = log_dir / "worker.log"
+        self.name, self.args = name, list(args)
+        self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen | None = None
         self._log = None
 
     def start(self) -> "Worker":
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            dying_with_bench([str(self.python), "manage.py", "db_worker", "--no-reload"]),
+            dying_with_bench([str(self.python), "manage.py", "db_worker", "--no-reload", *self.args]),
             cwd=self.root,
             env=self.env,
             stdout=self._log,

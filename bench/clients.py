@@ -9,8 +9,10 @@ client shows in the results. Every wait is bounded.
 import asyncio
 import contextlib
 import json
+import os
 import re
 import resource
+import threading
 import time
 from multiprocessing.connection import Connection
 
@@ -373,10 +375,187 @@ async def interleaved_checkouts(conf: dict, control: Control) -> None:
     control.answer(rounds=rounds, times=times, errors={key: value[:5] for key, value in errors.items()})
 
 
+# Cart sockets that wait for a sold-out signal (cart_fanout) ------------------------------------------
+
+
+async def cart_sockets(conf: dict, control: Control) -> None:
+    """Hold one /ws/cart/ socket per anonymous cart session; note when each hears its line sold out.
+
+    conf: port, session_keys (one cart's session each), concurrency (handshakes in flight). The
+    first answer comes once every socket has had its `hello`. Then: `arm` forgets what was
+    heard and starts noting (time.time() of each socket's first `lines` frame with a sold_out
+    line); `heard` waits until every socket heard, or `timeout` seconds, and returns the times;
+    `close`.
+    """
+    port, keys = conf["port"], conf["session_keys"]
+    url, origin = f"ws://127.0.0.1:{port}/ws/cart/", f"http://127.0.0.1:{port}"
+    gate = asyncio.Semaphore(conf.get("concurrency", 16))
+    sockets: list = []
+    readers: list[asyncio.Task] = []
+    heard: dict[int, float] = {}
+    everyone = asyncio.Event()
+    armed = False
+
+    async def listen(index: int, socket) -> None:
+        with contextlib.suppress(Exception):
+            async for raw in socket:
+                arrived = time.time()
+                frame = json.loads(raw)
+                if not armed or index in heard or frame.get("type") != "lines":
+                    continue
+                if any(line.get("state") == "sold_out" for line in frame.get("lines", [])):
+                    heard[index] = arrived
+                    if len(heard) == len(sockets):
+                        everyone.set()
+
+    async def connect(key: str) -> str | None:
+        async with gate:
+            for attempt in range(1, 6):
+                try:
+                    socket = await ws_client.connect(
+                        url,
+                        origin=origin,
+                        additional_headers={"Cookie": f"sessionid={key}"},
+                        open_timeout=HELLO_TIMEOUT_S,
+                        close_timeout=1,
+                        ping_interval=None,
+                        max_queue=None,
+                    )
+                    hello = json.loads(await asyncio.wait_for(socket.recv(), HELLO_TIMEOUT_S))
+                except Exception as error:
+                    # A burst of handshakes can overflow daphne's listen backlog: retry, as a page would.
+                    if attempt == 5:
+                        return f"{type(error).__name__}: {error}"[:200]
+                    await asyncio.sleep(0.2 * attempt)
+                    continue
+                if hello.get("type") != "hello":
+                    await socket.close()
+                    return f"first frame {str(hello)[:100]} is not hello"
+                readers.append(asyncio.create_task(listen(len(sockets), socket)))
+                sockets.append(socket)
+                return None
+        return "unreachable"
+
+    started = time.time()
+    errors = [error for error in await asyncio.gather(*(connect(key) for key in keys)) if error]
+    control.answer(
+        opened=len(sockets),
+        failed=len(errors),
+        errors=sorted(set(errors))[:5],
+        connect_s=round(time.time() - started, 3),
+    )
+    while True:
+        command = await control.command()
+        if command["op"] == "arm":
+            heard.clear()
+            everyone.clear()
+            armed = True
+            control.answer(armed=len(sockets))
+        elif command["op"] == "heard":
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(everyone.wait(), command.get("timeout", 60))
+            armed = False
+            control.answer(
+                heard=sorted(heard.values()),
+                expected=len(sockets),
+                closed=sum(1 for reader in readers if reader.done()),
+            )
+        elif command["op"] == "close":
+            await asyncio.gather(*(socket.close() for socket in sockets), return_exceptions=True)
+            for reader in readers:
+                reader.cancel()
+            control.answer(closed=len(sockets))
+            return
+        else:
+            control.answer(error=f"unknown op {command['op']}")
+
+
+# Notifications written at a steady rate (escalation_timer) ----------------------------------------------
+
+
+async def notification_writer(conf: dict, control: Control) -> None:
+    """Write notifications through notify() at an even rate, as the shop's own code does, then answer once.
+
+    The one client with Django: it sets Django up on the run's database (conf env) in this
+    process, so the load is not the harness's. conf: env, user_ids, count, seconds, writers
+    (threads, each notify() its own transaction: the row, the stream lock, the email task),
+    read_share (that share is marked read at once: its email must not go out).
+    """
+    os.environ.update(conf["env"])
+    os.environ.pop("REDIS_URL", None)  # The pushes go nowhere: no socket listens in this scenario.
+    import django
+
+    django.setup()
+    answer = await asyncio.to_thread(write_notifications, conf)
+    control.answer(**answer)
+
+
+def write_notifications(conf: dict) -> dict:
+    from django.contrib.auth import get_user_model
+    from django.db import connections, transaction
+    from django.utils import timezone
+
+    from notifications import services
+    from notifications.models import Notification
+
+    count, seconds, writers = conf["count"], conf["seconds"], conf["writers"]
+    users = list(get_user_model().objects.filter(pk__in=conf["user_ids"]).order_by("pk"))
+    connections.close_all()
+    every = max(1, round(1 / conf["read_share"])) if conf["read_share"] > 0 else 0
+    written: list[int] = []
+    read: list[int] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    start = time.monotonic()
+
+    def writer(number: int) -> None:
+        try:
+            for index in range(number, count, writers):
+                wait = start + seconds * index / count - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                try:
+                    with transaction.atomic():
+                        notification = services.notify(
+                            recipient=users[index % len(users)],
+                            kind=Notification.Kind.ORDER_SHIPPED,
+                            title=f"Order B{index:05d} has shipped",
+                            url="/orders/",
+                        )
+                    marked = bool(every) and index % every == 0
+                    if marked:
+                        Notification.objects.filter(pk=notification.pk).update(read_at=timezone.now())
+                except Exception as error:
+                    with lock:
+                        errors.append(f"{type(error).__name__}: {error}"[:200])
+                    continue
+                with lock:
+                    written.append(notification.pk)
+                    if marked:
+                        read.append(notification.pk)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=writer, args=(number,)) for number in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {
+        "written": written,
+        "read": read,
+        "written_s": round(time.monotonic() - start, 3),
+        "errors": errors[:5],
+        "error_count": len(errors),
+    }
+
+
 KINDS = {
     "sockets": hold_sockets,
     "buyer": buyer_probe,
     "wave": checkout_wave,
     "catalog": catalog_reader,
     "interleaved": interleaved_checkouts,
+    "carts": cart_sockets,
+    "notifier": notification_writer,
 }

@@ -120,6 +120,31 @@ def goals(report: dict) -> list[dict]:
                 "met": None,
             }
         )
+    if "cart_fanout" in scenarios:
+        found.append(_exactly("cart_fanout.signals_missing", _get(report, "cart_fanout", "signals_missing"), 0))
+        carts = _get(report, "cart_fanout", "parameters", "carts")
+        for layer, summary in (_get(report, "cart_fanout", "layers") or {}).items():
+            found.append(
+                {
+                    "figure": f"cart_fanout.layers[{layer}].last_ms_max (last of {carts} carts, worst round)",
+                    "value": summary.get("last_ms_max"),
+                    "goal": "(reported)",
+                    "met": None,
+                }
+            )
+    if "escalation_timer" in scenarios:
+        found.append(
+            _exactly("escalation_timer.all_checks_held", _get(report, "escalation_timer", "all_checks_held"), True)
+        )
+        for load in _get(report, "escalation_timer", "loads") or []:
+            found.append(
+                {
+                    "figure": f"escalation_timer.loads[{load['rate_per_s']}/s].late_ms.p50 / max",
+                    "value": f"{load['late_ms']['p50']} / {load['late_ms']['max']}",
+                    "goal": "(reported)",
+                    "met": None,
+                }
+            )
     return found
 
 
@@ -315,6 +340,91 @@ def markdown(report: dict) -> str:
                 "orders_per_s",
             ]
             out.append(_table(["figure", "value"], [[key, scenario.get(key)] for key in keys]))
+        elif name == "cart_fanout":
+            for layer, connect in scenario.get("connects", {}).items():
+                out.append(
+                    f"\n{layer}: {connect['opened']} cart sockets open in {connect['connect_s']} s, "
+                    f"{connect['failed']} failed {connect['errors'] or ''}\n"
+                )
+            rows = [
+                [
+                    r["layer"],
+                    r["round"],
+                    f"{r['signals']}/{r['carts']}",
+                    r["first_ms"],
+                    r["p50_ms"],
+                    r["p90_ms"],
+                    r["p99_ms"],
+                    r["last_ms"],
+                    r["checkout_post_ms"],
+                    r["server_fan_out_ms"],
+                    r["server_query_ms"],
+                    r["server_cpu_ms"],
+                ]
+                for r in scenario["rounds"]
+            ]
+            out.append(
+                "\nFrom the checkout POST being sent:\n\n"
+                + _table(
+                    [
+                        "layer",
+                        "round",
+                        "heard",
+                        "first ms",
+                        "p50 ms",
+                        "p90 ms",
+                        "p99 ms",
+                        "last ms",
+                        "POST ms",
+                        "server fan-out ms",
+                        "query ms",
+                        "server CPU ms",
+                    ],
+                    rows,
+                )
+            )
+        elif name == "escalation_timer":
+            rows = [
+                [
+                    load["rate_per_s"],
+                    load.get("achieved_rate_per_s"),
+                    load["notifications"],
+                    load["read_at_once"],
+                    load["emails"],
+                    load["late_ms"]["min"],
+                    load["late_ms"]["p50"],
+                    load["late_ms"]["p90"],
+                    load["late_ms"]["p99"],
+                    load["late_ms"]["max"],
+                    "all held"
+                    if all(load["checks"].values())
+                    else "FAILED: " + ", ".join(key for key, held in load["checks"].items() if not held),
+                ]
+                for load in scenario["loads"]
+            ]
+            out.append(
+                "\nEmail claimed after its due time:\n\n"
+                + _table(
+                    [
+                        "notifications/s",
+                        "achieved /s",
+                        "written",
+                        "read at once",
+                        "emails",
+                        "late min ms",
+                        "p50 ms",
+                        "p90 ms",
+                        "p99 ms",
+                        "max ms",
+                        "checks",
+                    ],
+                    rows,
+                )
+            )
+            out.append(
+                "\nChecks: all tasks finished, no email before due, every unread one emailed, no read one "
+                f"emailed, none sent twice. Tasks already due at the start: {scenario.get('backlog_tasks_due_at_start')}.\n"
+            )
         out.append(_client_cpu(scenario))
         out.append(f"\n({scenario.get('seconds')} s)\n")
     return "\n".join(out)

@@ -58,7 +58,19 @@ PYTHON = VENV / "bin" / "python"
 DAPHNE = VENV / "bin" / "daphne"
 RESULTS = BENCH / "results"
 PASSWORD = "bench-pass-1"
-SCENARIOS = ["notify_overhead", "slow_bank", "push_latency", "burst", "connections", "contention"]
+SCENARIOS = [
+    "notify_overhead",
+    "slow_bank",
+    "push_latency",
+    "burst",
+    "connections",
+    "contention",
+    "cart_fanout",
+    "escalation_timer",
+]
+# What `make bench` runs when no scenario is named: every scenario but the live signals' two
+# (cart_fanout, escalation_timer), which run only when named (make bench-live runs both).
+DEFAULT_SCENARIOS = SCENARIOS[:6]
 
 # Full run, and QUICK (make bench QUICK=1: the same scenarios, smaller, under 2 minutes).
 PLANS = {
@@ -76,6 +88,16 @@ PLANS = {
         "contention_buyers": 200,
         "contention_units": 10,
         "catalog_idle": 200,
+        "fanout_carts": 1000,
+        "fanout_rounds": 3,
+        "fanout_layers": ["memory", "redis"],
+        "fanout_client_processes": 4,
+        "escalation_rates": [50, 200],
+        "escalation_seconds": 10.0,
+        "escalation_delay_s": 3.0,
+        "escalation_writers": 4,
+        "escalation_workers": 1,
+        "escalation_read_share": 0.1,
     },
     "quick": {
         "overhead_rounds": 5,
@@ -91,6 +113,16 @@ PLANS = {
         "contention_buyers": 40,
         "contention_units": 10,
         "catalog_idle": 40,
+        "fanout_carts": 200,
+        "fanout_rounds": 2,
+        "fanout_layers": ["memory", "redis"],
+        "fanout_client_processes": 2,
+        "escalation_rates": [50],
+        "escalation_seconds": 4.0,
+        "escalation_delay_s": 2.0,
+        "escalation_writers": 4,
+        "escalation_workers": 1,
+        "escalation_read_share": 0.1,
     },
 }
 # The smoke test's (tests/test_bench_smoke.py): QUICK, smaller still, to check the harness in seconds.
@@ -108,10 +140,18 @@ PLANS["smoke"] = {
     "contention_buyers": 20,
     "contention_units": 5,
     "catalog_idle": 10,
+    "fanout_carts": 20,
+    "fanout_rounds": 1,
+    "fanout_layers": ["redis"],
+    "fanout_client_processes": 1,
+    "escalation_rates": [20],
+    "escalation_seconds": 1.0,
+    "escalation_delay_s": 1.0,
 }
 SOCKETS_PER_CLIENT = 2500  # one client process holds at most this many sockets
 HANDSHAKES_IN_FLIGHT = 32  # across all client processes (daphne's listen backlog is 50)
 SLOW_BANK_MS = 1000
+FANOUT_SIGNAL_TIMEOUT_S = 60.0  # a cart socket that has not heard "sold out" by then counts as missing
 
 
 # Statistics -------------------------------------------------------------------------------------------
@@ -283,10 +323,17 @@ class Run:
         if server in self.servers:
             self.servers.remove(server)
 
-    def worker(self, **extra_env) -> Worker:
-        worker = Worker(root=ROOT, python=PYTHON, env={**self.base_env(), **extra_env}, log_dir=self.tmp)
+    def worker(self, *, name: str = "worker", args: tuple[str, ...] = (), **extra_env) -> Worker:
+        worker = Worker(
+            root=ROOT, python=PYTHON, env={**self.base_env(), **extra_env}, log_dir=self.tmp, name=name, args=args
+        )
         self.workers.append(worker)
         return worker.start()
+
+    def stop_worker(self, worker: Worker) -> None:
+        worker.stop()
+        if worker in self.workers:
+            self.workers.remove(worker)
 
     def client(self, kind: str, conf: dict, *extra) -> ClientProcess:
         process = ClientProcess(kind, conf, *extra)
@@ -1075,6 +1122,348 @@ def scenario_contention(run: Run) -> dict:
     }
 
 
+def make_cart_sessions(run: Run, product: int, count: int) -> list[str]:
+    """`count` anonymous carts holding 1 unit of `product`, each with a session of its own; return the session keys."""
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+    from django.utils.crypto import get_random_string
+
+    from shop.models import Cart, CartLine
+    from shop.receivers import SESSION_CART_KEY
+
+    carts = Cart.objects.bulk_create([Cart() for _ in range(count)], batch_size=2000)
+    CartLine.objects.bulk_create(
+        [CartLine(cart=cart, product_id=product, quantity=1) for cart in carts], batch_size=2000
+    )
+    store = SessionStore()
+    expire = timezone.now() + timezone.timedelta(days=1)
+    sessions = [
+        Session(
+            session_key=get_random_string(32),
+            session_data=store.encode({SESSION_CART_KEY: cart.pk}),
+            expire_date=expire,
+        )
+        for cart in carts
+    ]
+    Session.objects.bulk_create(sessions, batch_size=2000)
+    run.close_db()
+    return [session.session_key for session in sessions]
+
+
+def restock_one(product: int) -> None:
+    """Put one unit back (its fan-out runs in this process, on its in-memory layer: no socket hears it)."""
+    import logging
+
+    from shop import services
+    from shop.models import Product
+
+    logger = logging.getLogger("notifications.live")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # Its "Stock change: N cart(s) told" line is not the server's.
+    try:
+        services.receive_stock(product=Product.objects.get(pk=product), quantity=1, note="bench: next round")
+    finally:
+        logger.setLevel(level)
+
+
+def server_fan_outs(server: DaphneServer, seen: int, *, wait_s: float = 2.0) -> tuple[list[dict], int]:
+    """The server's "Stock change: N cart(s) told in X ms (query Y ms, Z failed)" lines after the first `seen`."""
+    import re
+
+    pattern = re.compile(r"Stock change: (\d+) cart\(s\) told in (\d+) ms \(query (\d+) ms, (\d+) failed\)")
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = pattern.findall(server.log_text())
+        if len(found) > seen or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    rows = [
+        {"carts_told": int(told), "fan_out_ms": int(ms), "query_ms": int(query), "failed": int(failed)}
+        for told, ms, query, failed in found[seen:]
+    ]
+    return rows, len(found)
+
+
+def fanout_round(run: Run, server: DaphneServer, holders: list[ClientProcess], buyer: tuple, seen: int):
+    """The buyer pays for the last unit; every cart socket notes when it hears "sold out"."""
+    go = ClientProcess.context.Event()
+    wave = run.client("wave", {"port": server.port, "shoppers": [buyer], "timeout": 120}, go)
+    ready = wave.receive(300)
+    if ready["prepare_error_count"]:
+        raise BenchError(f"the buyer could not open the checkout: {ready['prepare_errors']}")
+    for holder in holders:
+        holder.ask(30, op="arm")
+    cpu_before = process_stats(server.process.pid)["cpu_s"] or 0
+    go.set()
+    [result] = wave.receive(300)["results"]
+    run.finish_client(wave, "cart_fanout")
+    answers = [
+        holder.ask(FANOUT_SIGNAL_TIMEOUT_S + 30, op="heard", timeout=FANOUT_SIGNAL_TIMEOUT_S) for holder in holders
+    ]
+    cpu_after = process_stats(server.process.pid)["cpu_s"] or 0
+    if not result.get("paid"):
+        raise BenchError(
+            f"the buyer's checkout answered {result.get('status')} "
+            f"{result.get('location') or result.get('error') or result.get('problem')}"
+        )
+    sent = result["started"]
+    latencies = sorted((moment - sent) * 1000 for answer in answers for moment in answer["heard"])
+    expected = sum(answer["expected"] for answer in answers)
+    fan_outs, seen = server_fan_outs(server, seen)
+
+    def ms(value):
+        return round(value, 1) if value is not None else None
+
+    return {
+        "carts": expected,
+        "signals": len(latencies),
+        "missing": expected - len(latencies),
+        "checkout_post_ms": ms((result["finished"] - sent) * 1000),
+        "first_ms": ms(latencies[0] if latencies else None),
+        "p50_ms": ms(percentile(latencies, 0.50)),
+        "p90_ms": ms(percentile(latencies, 0.90)),
+        "p99_ms": ms(percentile(latencies, 0.99)),
+        "last_ms": ms(latencies[-1] if latencies else None),
+        "server_fan_out_ms": fan_outs[-1]["fan_out_ms"] if fan_outs else None,
+        "server_query_ms": fan_outs[-1]["query_ms"] if fan_outs else None,
+        "server_sends_failed": fan_outs[-1]["failed"] if fan_outs else None,
+        "server_cpu_ms": round((cpu_after - cpu_before) * 1000),
+    }, seen
+
+
+def scenario_cart_fanout(run: Run) -> dict:
+    plan = run.plan
+    product = run.make_product("fanout", 1)
+    keys = make_cart_sessions(run, product, plan["fanout_carts"])
+    [(buyer_name, buyer_key)] = run.make_users("fanoutbuyer", 1)
+    buyer = (buyer_name, buyer_key, product)
+    processes = max(1, min(plan["fanout_client_processes"], len(keys)))
+    rounds, connects = [], {}
+    for layer in plan["fanout_layers"]:
+        server = run.server(f"fanout-{layer}", layer=layer)
+        holders = []
+        try:
+            holders = [
+                run.client(
+                    "carts",
+                    {
+                        "port": server.port,
+                        "session_keys": keys[number::processes],
+                        "concurrency": max(1, HANDSHAKES_IN_FLIGHT // processes),
+                    },
+                )
+                for number in range(processes)
+            ]
+            ready = [holder.receive(600) for holder in holders]
+            connects[layer] = {
+                "opened": sum(answer["opened"] for answer in ready),
+                "failed": sum(answer["failed"] for answer in ready),
+                "errors": sorted({error for answer in ready for error in answer["errors"]})[:5],
+                "connect_s": max(answer["connect_s"] for answer in ready),
+            }
+            print(f"  layer {layer}: {json.dumps(connects[layer])}", flush=True)
+            seen = 0
+            for number in range(1, plan["fanout_rounds"] + 1):
+                row, seen = fanout_round(run, server, holders, buyer, seen)
+                rounds.append({"layer": layer, "round": number, **row})
+                print(f"    {json.dumps(rounds[-1])}", flush=True)
+                restock_one(product)
+                run.close_db()
+        finally:
+            for holder in holders:
+                try:
+                    holder.ask(60, op="close")
+                except BenchError:
+                    pass
+                run.finish_client(holder, "cart_fanout")
+            run.stop_server(server)
+    layers = {}
+    for layer in plan["fanout_layers"]:
+        rows = [row for row in rounds if row["layer"] == layer]
+        lasts = [row["last_ms"] for row in rows if row["last_ms"] is not None]
+        layers[layer] = {
+            "rounds": len(rows),
+            "last_ms_median": round(statistics.median(lasts), 1) if lasts else None,
+            "last_ms_max": max(lasts) if lasts else None,
+            "p50_ms_median": round(statistics.median(row["p50_ms"] for row in rows if row["p50_ms"] is not None), 1)
+            if lasts
+            else None,
+            "checkout_post_ms_median": round(statistics.median(row["checkout_post_ms"] for row in rows), 1)
+            if rows
+            else None,
+            "missing": sum(row["missing"] for row in rows),
+        }
+    return {
+        "parameters": {
+            "carts": plan["fanout_carts"],
+            "rounds_per_layer": plan["fanout_rounds"],
+            "layers": plan["fanout_layers"],
+            "client_processes": processes,
+            "signal_timeout_s": FANOUT_SIGNAL_TIMEOUT_S,
+            "database": "postgresql (pool)",
+            "what": "one checkout buys the last unit of a product N anonymous carts hold (a /ws/cart/ socket "
+            "each, one daphne); time from the checkout POST being sent to each socket hearing 'sold out'",
+        },
+        "units": {
+            "*_ms": "ms after the checkout POST was sent (client clock = server clock)",
+            "missing": "carts that never heard within the timeout",
+            "server_*_ms": "the server's own log line for the fan-out (query, then the group sends)",
+            "server_cpu_ms": "daphne CPU from the POST to the last signal",
+        },
+        "connects": connects,
+        "rounds": rounds,
+        "layers": layers,
+        "signals_missing": sum(row["missing"] for row in rounds),
+    }
+
+
+def drain_due_tasks(timeout: float) -> int:
+    """Wait until the task queue holds nothing already due (earlier scenarios' emails); return how many were."""
+    from django_tasks_db.models import DBTaskResult
+
+    due = DBTaskResult.objects.ready().count()
+    deadline = time.monotonic() + timeout
+    while DBTaskResult.objects.ready().exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return due
+
+
+def escalation_load(run: Run, *, rate: float, user_ids: list[int], env: dict) -> dict:
+    """Notifications at `rate` a second for the plan's seconds; how late each unread one's email went out."""
+    from collections import Counter
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from django_tasks_db.models import DBTaskResult
+
+    from notifications import escalation
+    from notifications.models import Notification
+
+    plan = run.plan
+    seconds, delay = plan["escalation_seconds"], plan["escalation_delay_s"]
+    count = max(1, round(rate * seconds))
+    started = timezone.now()
+    notifier = run.client(
+        "notifier",
+        {
+            "env": env,
+            "user_ids": user_ids,
+            "count": count,
+            "seconds": seconds,
+            "writers": plan["escalation_writers"],
+            "read_share": plan["escalation_read_share"],
+        },
+    )
+    answer = notifier.receive(seconds + 300)
+    run.finish_client(notifier, "escalation_timer")
+    written, read = answer["written"], answer["read"]
+    tasks = DBTaskResult.objects.filter(task_path=escalation.send_unread_email.module_path, enqueued_at__gte=started)
+    deadline = time.monotonic() + delay + 180
+    while tasks.exclude(status__in=["SUCCESSFUL", "FAILED"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    finished = not tasks.exclude(status__in=["SUCCESSFUL", "FAILED"]).exists()
+    due_after = timedelta(seconds=delay)
+    lateness = [
+        (emailed_at - (created_at + due_after)).total_seconds() * 1000
+        for created_at, emailed_at in Notification.objects.filter(pk__in=written, emailed_at__isnull=False).values_list(
+            "created_at", "emailed_at"
+        )
+    ]
+    sends = Counter(
+        arguments["kwargs"]["notification_id"]
+        for arguments, value in tasks.filter(status="SUCCESSFUL").values_list("args_kwargs", "return_value")
+        if (value or {}).get("sent")
+    )
+    unread_not_emailed = Notification.objects.filter(
+        pk__in=written, read_at__isnull=True, emailed_at__isnull=True
+    ).count()
+    read_emailed = Notification.objects.filter(pk__in=read, emailed_at__isnull=False).count()
+    run.close_db()
+
+    def ms(fraction):
+        value = percentile(lateness, fraction)
+        return round(value, 1) if value is not None else None
+
+    return {
+        "rate_per_s": rate,
+        "notifications": len(written),
+        "write_errors": answer["error_count"],
+        "written_s": answer["written_s"],
+        # Below rate_per_s when the writers could not keep up (each notify() is its own transaction).
+        "achieved_rate_per_s": round(len(written) / answer["written_s"], 1) if answer["written_s"] else None,
+        "read_at_once": len(read),
+        "emails": len(lateness),
+        "late_ms": {
+            "min": round(min(lateness), 1) if lateness else None,
+            "p50": ms(0.50),
+            "p90": ms(0.90),
+            "p99": ms(0.99),
+            "max": round(max(lateness), 1) if lateness else None,
+        },
+        "checks": {
+            "all_tasks_finished": finished,
+            "no_email_before_due": bool(lateness) and min(lateness) >= 0,
+            "every_unread_emailed": unread_not_emailed == 0,
+            "no_read_one_emailed": read_emailed == 0,
+            "none_sent_twice": not any(times > 1 for times in sends.values()),
+        },
+    }
+
+
+def scenario_escalation_timer(run: Run) -> dict:
+    from django.contrib.auth import get_user_model
+
+    plan = run.plan
+    delay = plan["escalation_delay_s"]
+    extra = {
+        # notify() computes the due time where it runs (the notifier client), the worker runs it then.
+        "NOTIFICATIONS_EMAIL_AFTER_MINUTES": str(delay / 60),
+        "DJANGO_EMAIL_BACKEND": "django.core.mail.backends.dummy.EmailBackend",
+    }
+    names = [name for name, _ in run.make_users("reader", 50)]
+    user_ids = list(get_user_model().objects.filter(username__in=names).values_list("pk", flat=True))
+    run.close_db()
+    env = {
+        **{key: value for key, value in run.base_env().items() if key.startswith(("DJANGO_", "DATABASE_"))},
+        "DATABASE_POOL": "false",
+        **extra,
+    }
+    workers = [
+        run.worker(name=f"escalation-worker-{number}", args=("--no-startup-delay",), **extra)
+        for number in range(plan["escalation_workers"])
+    ]
+    try:
+        backlog = drain_due_tasks(timeout=120)
+        run.close_db()
+        loads = []
+        for rate in plan["escalation_rates"]:
+            loads.append(escalation_load(run, rate=rate, user_ids=user_ids, env=env))
+            shown = {key: value for key, value in loads[-1].items() if key != "checks"}
+            print(f"    {json.dumps(shown)}; checks {'held' if all(loads[-1]['checks'].values()) else 'FAILED'}")
+    finally:
+        for worker in workers:
+            run.stop_worker(worker)
+    return {
+        "parameters": {
+            "rates_per_s": plan["escalation_rates"],
+            "seconds_per_rate": plan["escalation_seconds"],
+            "email_due_after_s": delay,
+            "writer_threads": plan["escalation_writers"],
+            "workers": plan["escalation_workers"],
+            "worker_polling_s": 1,
+            "read_share": plan["escalation_read_share"],
+            "database": "postgresql",
+            "what": "notifications written through notify() at an even rate (a client process); the unread "
+            "email's claim (emailed_at) after its due time (created_at + delay), with db_worker under that load",
+        },
+        "units": {"late_ms": "ms after due", "rate_per_s": "notifications/s", "emails": "count"},
+        "backlog_tasks_due_at_start": backlog,
+        "loads": loads,
+        "all_checks_held": all(all(load["checks"].values()) for load in loads),
+    }
+
+
 RUNNERS = {
     "notify_overhead": scenario_notify_overhead,
     "slow_bank": scenario_slow_bank,
@@ -1082,6 +1471,8 @@ RUNNERS = {
     "burst": scenario_burst,
     "connections": scenario_connections,
     "contention": scenario_contention,
+    "cart_fanout": scenario_cart_fanout,
+    "escalation_timer": scenario_escalation_timer,
 }
 
 
@@ -1107,9 +1498,25 @@ def service_versions(run: Run) -> dict:
     }
 
 
+def plan_value(text: str, *, like):
+    """Parse an overriding plan value: JSON (3, 0.5, ["redis"]), else numbers or words separated by commas."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = [json.loads(part) if part.strip()[:1].isdigit() else part.strip() for part in text.split(",")]
+    if isinstance(like, list) and not isinstance(value, list):
+        value = [value]
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="run only this scenario (repeatable)")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=SCENARIOS,
+        help="run only this scenario (repeatable); without it every scenario but cart_fanout and escalation_timer",
+    )
     parser.add_argument("--quick", action="store_true", help="the reduced run (under 2 minutes)")
     parser.add_argument(
         "--smoke", action="store_true", help="smaller than --quick: the test suite's check of the harness"
@@ -1128,13 +1535,26 @@ def main() -> int:
     )
     parser.add_argument("--push-steps", help="override push_latency's socket steps, e.g. 1,1000,10000")
     parser.add_argument("--connection-steps", help="override connections' socket steps, e.g. 1000,10000")
+    parser.add_argument(
+        "--plan",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one figure of the plan (repeatable; a JSON value, or numbers separated by commas), e.g. "
+        f"fanout_carts=500 or escalation_rates=50,100; keys: {', '.join(PLANS['full'])}",
+    )
     args = parser.parse_args()
-    chosen = [name for name in SCENARIOS if name in (args.scenario or SCENARIOS)]
+    chosen = [name for name in SCENARIOS if name in (args.scenario or DEFAULT_SCENARIOS)]
     plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
     args.quick = args.quick or args.smoke
     for option, key in ((args.push_steps, "push_steps"), (args.connection_steps, "connection_steps")):
         if option:
             plan = {**plan, key: [int(step) for step in option.split(",")]}
+    for override in args.plan:
+        key, _, value = override.partition("=")
+        if key not in plan:
+            parser.error(f"--plan {override}: no such key (keys: {', '.join(plan)})")
+        plan = {**plan, key: plan_value(value, like=plan[key])}
 
     problems = [
         p for p in (postgres_problem(args.postgres), redis_reachable(int(args.redis.split(":")[2].split("/")[0]))) if p
