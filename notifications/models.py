@@ -2,7 +2,7 @@ from collections.abc import Mapping
 
 from django.conf import settings
 from django.db import models, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 
 
 class NotificationStreamManager(models.Manager):
@@ -29,12 +29,14 @@ class NotificationStreamManager(models.Manager):
             # PostgreSQL it waits for the first writer's commit), then both lock the row.
             self.bulk_create([self.model(recipient_id=recipient_id) for recipient_id in missing], ignore_conflicts=True)
             streams.update({stream.pk: stream for stream in locked.filter(pk__in=missing)})
-        first = {}
-        for stream in streams.values():
-            first[stream.pk] = stream.last_seq + 1
-            stream.last_seq += counts[stream.pk]
-        self.bulk_update(list(streams.values()), ["last_seq"], batch_size=1000)
-        return first
+        # One UPDATE per distinct count (a bulk has a handful), not bulk_update()'s CASE branch
+        # per stream: building that for 1000 streams took 0.9 s of CPU. The rows are locked.
+        by_count: dict[int, list[int]] = {}
+        for recipient_id, count in counts.items():
+            by_count.setdefault(count, []).append(recipient_id)
+        for count, recipient_ids in by_count.items():
+            self.filter(pk__in=recipient_ids).update(last_seq=F("last_seq") + count)
+        return {stream.pk: stream.last_seq + 1 for stream in streams.values()}
 
     def last_seq(self, recipient_id: int) -> int:
         """The newest committed sequence number of the user (0 if none): everything up to it is readable."""
