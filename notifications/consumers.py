@@ -12,7 +12,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from . import services
-from .middleware import _ReadOnlySession, session_user_id  # noqa: F401 - cart_consumers imports _ReadOnlySession here
+from .middleware import _ReadOnlySession, handshake_database_call, session_user_id  # noqa: F401 - cart_consumers imports _ReadOnlySession here
 from .models import Notification, NotificationStream
 
 logger = logging.getLogger(__name__)
@@ -335,11 +335,8 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
     async def _error(self, code: str, detail: str):
         await self.send_json({"type": "error", "code": code, "detail": detail})
 
-    @database_sync_to_async
-    def _summary(self) -> tuple[int, int, int]:
-        notifications = Notification.objects.for_user(self.user_id)
-        newest = notifications.order_by("-pk").values_list("pk", flat=True).first()
-        return notifications.unread().count(), newest or 0, NotificationStream.objects.last_seq(self.user_id)
+    async def _summary(self) -> tuple[int, int, int]:
+        return await handshake_database_call(NotificationStream.objects.summary)(self.user_id)
 
     @database_sync_to_async
     def _page(self, *, order: str, **after) -> list[Notification]:

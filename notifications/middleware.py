@@ -1,10 +1,12 @@
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from importlib import import_module
 from types import SimpleNamespace
 
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib import auth
+from django.db import connection
 from django.http import parse_cookie
 
 from .services import remember_server_loop
@@ -23,6 +25,31 @@ class ServerEventLoopMiddleware:
     async def __call__(self, scope, receive, send):
         remember_server_loop(asyncio.get_running_loop())
         return await self.app(scope, receive, send)
+
+
+# The notifications socket's handshake reads the database twice (the session, then the hello's
+# summary). Channels' database_sync_to_async runs every call of every socket on asgiref's one
+# thread-sensitive thread: the handshakes of a process queued there one round trip at a time
+# (about 60 a second on a busy 2-core machine). These threads take a few at once. They are
+# few, so that sockets opening in a crowd hold few of the pool's connections, leaving the rest
+# to page requests; and each call hands its connection back at its end, so no thread keeps one
+# between calls (nor past a test: the test database could not be dropped).
+HANDSHAKE_THREADS = 4
+_handshake_executor = ThreadPoolExecutor(max_workers=HANDSHAKE_THREADS, thread_name_prefix="socket-handshake")
+
+
+def handshake_database_call(function):
+    """Wrap `function` (sync, ORM) into a coroutine run on the handshake threads, as
+    database_sync_to_async would run it on asgiref's single thread.
+    """
+
+    def run(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return database_sync_to_async(run, thread_sensitive=False, executor=_handshake_executor)
 
 
 def session_user_id(session_key: str) -> int | None:
@@ -58,8 +85,8 @@ class SocketSessionMiddleware:
 
     The notifications socket is open on every page, thousands per process: AuthMiddlewareStack
     would keep, for its whole life, the session store, the loaded User and a copy of the scope
-    per layer, where it needs two numbers. One database call (session, then user) in one thread
-    hop; no cookie or no valid session: user_id None.
+    per layer, where it needs two numbers. One database call (session, then user) on the
+    handshake threads; no cookie or no valid session: user_id None.
     """
 
     lean_paths = frozenset({"/ws/notifications/"})
@@ -78,6 +105,6 @@ class SocketSessionMiddleware:
             if name == b"cookie":
                 session_key = parse_cookie(value.decode("latin1")).get(settings.SESSION_COOKIE_NAME)
                 break
-        user_id = await database_sync_to_async(session_user_id)(session_key) if session_key else None
+        user_id = await handshake_database_call(session_user_id)(session_key) if session_key else None
         scope = dict(scope, user_id=user_id, session_key=session_key if user_id is not None else None)
         return await self.app(scope, receive, send)
