@@ -283,9 +283,7 @@ def _checkout_initial(request: HttpRequest, addresses: list) -> dict:
     return initial
 
 
-def _checkout_token_is_current(request: HttpRequest, token: str) -> bool:
-    if token == request.session.get(CHECKOUT_TOKEN_SESSION_KEY):
-        return True
+def _token_of_earlier_order(request: HttpRequest, token: str) -> bool:
     # A resubmission of a checkout that already succeeded (the session moved on): it finds its order.
     return Order.objects.filter(checkout_token=token, user=request.user).exists()
 
@@ -309,14 +307,14 @@ async def checkout(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return await sync_to_async(_render_checkout)(request, form, status=400)
     token = form.cleaned_data["checkout_token"]
-    if not await sync_to_async(_checkout_token_is_current)(request, token):
+    # The session's own token needs no query (nor a thread); any other must be an earlier order's.
+    session_token = await request.session.aget(CHECKOUT_TOKEN_SESSION_KEY)
+    if token != session_token and not await sync_to_async(_token_of_earlier_order)(request, token):
         messages.error(request, "This checkout form has expired. Please check your cart and pay again.")
         return await sync_to_async(_render_checkout)(request, new_token=True, status=409)
     # The cart this session's page showed; None for a resubmission of an earlier checkout,
     # which can only find its own order.
-    shown = await request.session.aget(CHECKOUT_FINGERPRINT_SESSION_KEY)
-    if token != await request.session.aget(CHECKOUT_TOKEN_SESSION_KEY):
-        shown = None
+    shown = await request.session.aget(CHECKOUT_FINGERPRINT_SESSION_KEY) if token == session_token else None
 
     user = await request.auser()
     shipping = form.shipping_address()

@@ -13,10 +13,11 @@ from decimal import Decimal
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
 from .. import tasks
-from ..models import Cart, CartLine, Order, OrderEvent, OrderLine, Payment, Product
+from ..models import Cart, CartLine, Order, OrderEvent, OrderLine, Payment
 from ..payments import BankUnavailable, Card, ChargeResult, PaymentError, get_gateway
 from ..signals import order_placed, payment_overdue
 from .addresses import ShippingAddress
@@ -232,28 +233,35 @@ def reserve_order(
         # Lock the cart first, then products in pk order: every path takes locks in that
         # order, so concurrent checkouts wait for each other instead of deadlocking. The
         # cart lock also makes two sessions of one user paying at once take turns here.
-        cart = Cart.objects.select_for_update().filter(user=user).first()
-        existing = Order.objects.filter(checkout_token=checkout_token).first()
-        if existing is not None:
+        cart = Cart.objects.select_for_update().filter(user=user).only("pk").first()
+        # This token's order (a resubmission), and any order of this user still being paid: one query.
+        found = list(Order.objects.filter(Q(checkout_token=checkout_token) | Q(user=user, status=Order.Status.PENDING)))
+        if existing := next((order for order in found if order.checkout_token == checkout_token), None):
             if existing.user_id != user.pk or (
                 cart_fingerprint is not None and cart_fingerprint != order_fingerprint(existing)
             ):
                 raise CheckoutExpired("This checkout has expired. Please review your cart and try again.")
             return existing
-        if in_progress := Order.objects.filter(user=user, status=Order.Status.PENDING).first():
+        if in_progress := next(iter(found), None):
             raise PaymentInProgress(
                 f"Your cart is already being paid (order {in_progress.number}), in another window or device. "
                 "Please wait for that payment to finish; we will tell you how it went."
             )
-        lines = list(cart.lines.select_related("product")) if cart else []
+        # The lines with their products, locking the products only, in pk order (the lock
+        # order every path uses) and at their latest committed state: one query.
+        lines = (
+            list(
+                CartLine.objects.filter(cart=cart)
+                .select_related("product")
+                .select_for_update(of=("product",))
+                .order_by("product_id")
+            )
+            if cart
+            else []
+        )
         if not lines:
             raise EmptyCart("Your cart is empty.")
-        products = {
-            product.pk: product
-            for product in Product.objects.select_for_update()
-            .filter(pk__in=[line.product_id for line in lines])
-            .order_by("pk")
-        }
+        products = {line.product_id: line.product for line in lines}
         problems = [
             problem
             for line in lines
@@ -275,7 +283,7 @@ def reserve_order(
             email=email,
             **(shipping.order_fields() if shipping is not None else {}),
         )
-        OrderLine.objects.bulk_create(
+        order_lines = OrderLine.objects.bulk_create(
             OrderLine(
                 order=order,
                 product=products[line.product_id],
@@ -285,7 +293,7 @@ def reserve_order(
             )
             for line in lines
         )
-        take_order_stock(order=order)
+        take_order_stock(order=order, lines=order_lines, locked=products)
         OrderEvent.objects.create(
             order=order, to_status=Order.Status.PENDING, message="Stock reserved; awaiting the bank."
         )
@@ -298,21 +306,26 @@ def reserve_order(
 def capture_payment(*, order_id: int, charge: ChargeResult) -> Order:
     """Transaction 2: record the captured charge and mark the order PAID."""
     with transaction.atomic():
-        order = Order.objects.select_for_update().get(pk=order_id)
-        Payment.objects.get_or_create(
-            idempotency_key=checkout_idempotency_key(order.checkout_token),
-            defaults={
-                "order": order,
-                "user_id": order.user_id,
-                "status": Payment.Status.CAPTURED,
-                "amount": charge.amount,
-                "currency": charge.currency,
-                "reference": charge.reference,
-                "card_last4": charge.card_last4,
-            },
-        )
+        # The shopper comes along (unlocked): order_placed's receivers address them.
+        order = Order.objects.select_for_update(of=("self",)).select_related("user").get(pk=order_id)
+        captured = {
+            "order": order,
+            "user_id": order.user_id,
+            "status": Payment.Status.CAPTURED,
+            "amount": charge.amount,
+            "currency": charge.currency,
+            "reference": charge.reference,
+            "card_last4": charge.card_last4,
+        }
+        key = checkout_idempotency_key(order.checkout_token)
         if order.status != Order.Status.PENDING:
-            return order  # A concurrent retry of this checkout captured it first.
+            # A concurrent retry of this checkout captured it first, or staff cancelled it meanwhile.
+            Payment.objects.get_or_create(idempotency_key=key, defaults=captured)
+            return order
+        # A pending order has no payment under its key yet: the only writers of one (this
+        # function and release_reservation) move the order on under this same lock. One
+        # INSERT, no savepoint; a conflict is still never an error.
+        Payment.objects.bulk_create([Payment(idempotency_key=key, **captured)], ignore_conflicts=True)
         record_status(order=order, status=Order.Status.PAID, message=f"Payment {charge.reference} captured.")
         _take_ordered_units_out_of_cart(order)
         order_placed.send(sender=Order, order=order)
@@ -322,13 +335,18 @@ def capture_payment(*, order_id: int, charge: ChargeResult) -> Order:
 
 def _take_ordered_units_out_of_cart(order: Order) -> None:
     # Units added to the cart while the bank was answering (another tab) stay in it.
-    ordered = {line.product_id: line.quantity for line in order.lines.all()}
-    for line in CartLine.objects.filter(cart__user_id=order.user_id, product_id__in=ordered):
-        if line.quantity > ordered[line.product_id]:
-            line.quantity -= ordered[line.product_id]
+    ordered = OrderLine.objects.filter(order=order, product_id=OuterRef("product_id")).values("quantity")[:1]
+    emptied = []
+    for line in CartLine.objects.filter(cart__user_id=order.user_id).annotate(ordered=Subquery(ordered)):
+        if line.ordered is None:
+            continue
+        if line.quantity > line.ordered:
+            line.quantity -= line.ordered
             line.save(update_fields=["quantity"])
         else:
-            line.delete()
+            emptied.append(line.pk)
+    if emptied:
+        CartLine.objects.filter(pk__in=emptied).delete()
 
 
 def release_reservation(*, order_id: int, error: PaymentError, card_last4: str, keep_order: bool = False) -> None:

@@ -7,13 +7,13 @@ every path uses, so two changes never deadlock), refuses to go below zero, and w
 StockMovement a product with the exact stock it left behind.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from django.db import transaction
 from django.db.models import Case, F, IntegerField, Value, When
 
-from ..models import Order, Product, StockMovement
+from ..models import Order, OrderLine, Product, StockMovement
 from ..signals import stock_changed
 from .errors import InsufficientStock, InvalidStockChange
 
@@ -32,12 +32,20 @@ class _Change:
 
 
 def _move_stock(
-    changes: list[_Change], *, reason: str, actor=None, order: Order | None = None, note: str = ""
+    changes: list[_Change],
+    *,
+    reason: str,
+    actor=None,
+    order: Order | None = None,
+    note: str = "",
+    locked: Mapping[int, Product] | None = None,
 ) -> list[StockMovement]:
     """Apply every change or none, under the products' row locks; record one movement each.
 
     Runs inside the caller's transaction (or opens one): the locks are held until it ends.
-    Costs three queries whatever the number of products: lock, update, insert.
+    Costs three queries whatever the number of products: lock, update, insert. `locked`: the
+    products, as the caller's transaction already locked them (select_for_update), which
+    saves the lock and the savepoint: that caller's transaction ends at any error.
     """
     deltas: dict[int, int] = {}
     for change in changes:
@@ -45,15 +53,16 @@ def _move_stock(
     deltas = {product_id: delta for product_id, delta in deltas.items() if delta}
     if not deltas:
         return []
-    with transaction.atomic():
-        # pk order, as in reserve_order and every other path: concurrent changes wait, never deadlock.
-        locked = {
-            product.pk: product
-            for product in Product.objects.select_for_update()
-            .filter(pk__in=deltas)
-            .order_by("pk")
-            .only("pk", "name", "stock")
-        }
+    with transaction.atomic(savepoint=locked is None):
+        if locked is None:
+            # pk order, as in reserve_order and every other path: concurrent changes wait, never deadlock.
+            locked = {
+                product.pk: product
+                for product in Product.objects.select_for_update()
+                .filter(pk__in=deltas)
+                .order_by("pk")
+                .only("pk", "name", "stock")
+            }
         for product_id, delta in deltas.items():
             product = locked.get(product_id)
             if product is None:
@@ -187,19 +196,31 @@ def receive_stock_batch(*, quantities: Mapping[int, int], actor=None, note: str 
     )
 
 
-def take_order_stock(*, order: Order, actor=None) -> list[StockMovement]:
+def take_order_stock(
+    *,
+    order: Order,
+    actor=None,
+    lines: Iterable[OrderLine] | None = None,
+    locked: Mapping[int, Product] | None = None,
+) -> list[StockMovement]:
     """Take the units of `order`'s lines out of stock (a sale), inside the caller's transaction.
 
     Raise InsufficientStock if a product has fewer units than its line needs: the caller
     checks availability first, so this is the last guard, and the whole change rolls back.
+    A caller that has just written the lines passes them (`lines`), and the products it
+    holds under select_for_update in this transaction (`locked`, by pk): nothing is read again.
     """
-    lines = order.lines.values_list("product_id", "quantity")
+    if lines is None:
+        pairs = order.lines.values_list("product_id", "quantity")
+    else:
+        pairs = [(line.product_id, line.quantity) for line in lines]
     return _move_stock(
-        [_Change(product_id, -quantity) for product_id, quantity in lines if product_id],
+        [_Change(product_id, -quantity) for product_id, quantity in pairs if product_id],
         reason=StockMovement.Reason.SOLD,
         actor=actor,
         order=order,
         note=f"Order {order.number}",
+        locked=locked,
     )
 
 

@@ -1,0 +1,86 @@
+"""What a checkout costs the server: its SQL statements, and how many checkouts work at once.
+
+The counts are ceilings, not timings: a checkout that starts reading the same rows twice
+again (the lines after writing them, the products after locking them, the shopper after
+loading the order) fails here. They include what the receivers of the shop's signals write
+in the same transactions (the notification, the live cart warning, the staff feed).
+"""
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from shop import services
+from shop.models import CartLine, Order, Payment, StockMovement
+from shop.payments import Card, ChargeResult
+
+CARD = Card(number="4242424242424242", expiry_month=12, expiry_year=date.today().year + 1, cvc="123")
+
+# Transaction 1 with a two-line cart: cart lock, the token's and the shopper's pending orders,
+# the lines with their products locked, order, order lines, stock update, stock movements,
+# order event, reconciliation task (9), and the live cart warning's query when other carts
+# hold the products.
+RESERVE_STATEMENTS_AT_MOST = 10
+# Transaction 2: the order with its shopper, payment, status, event, the cart's lines and their
+# removal (6), then what the order_placed receivers write: the notification (10 for a shopper's
+# first, with its savepoint) and the confirmation email's task.
+CAPTURE_STATEMENTS_AT_MOST = 16
+
+
+@pytest.fixture
+def cart_of_two(shopper, make_product):
+    cart = services.get_cart(user=shopper, create=True)
+    kettle, mug = make_product(name="Kettle", price="25.00"), make_product(name="Mug", price="8.00")
+    services.add_to_cart(cart=cart, product=kettle, quantity=2)
+    services.add_to_cart(cart=cart, product=mug, quantity=1)
+    return kettle, mug
+
+
+def charge_for(order: Order) -> ChargeResult:
+    return ChargeResult(reference="ch_test", amount=order.total, currency=order.currency, card_last4="4242")
+
+
+@pytest.mark.django_db
+def test_a_reservation_reads_its_lines_and_locks_its_products_once(shopper, cart_of_two):
+    kettle, mug = cart_of_two
+    with CaptureQueriesContext(connection) as queries:
+        order = services.reserve_order(user=shopper, checkout_token="cost-reserve")
+
+    # The test runs in a transaction, so reserve_order's own is a savepoint: the only one.
+    statements = [query["sql"] for query in queries.captured_queries if "SAVEPOINT" not in query["sql"]]
+    assert len(queries.captured_queries) - len(statements) == 2
+    assert len(statements) <= RESERVE_STATEMENTS_AT_MOST, "\n".join(statements)
+    assert order.total == Decimal("58.00")
+    kettle.refresh_from_db()
+    mug.refresh_from_db()
+    assert (kettle.stock, mug.stock) == (8, 9)
+    assert sorted(StockMovement.objects.filter(order=order).values_list("delta", "stock_after")) == [(-2, 8), (-1, 9)]
+
+
+@pytest.mark.django_db
+def test_a_capture_loads_the_order_with_its_shopper_and_empties_the_cart_in_one_delete(shopper, cart_of_two):
+    order = services.reserve_order(user=shopper, checkout_token="cost-capture")
+    with CaptureQueriesContext(connection) as queries:
+        paid = services.capture_payment(order_id=order.pk, charge=charge_for(order))
+
+    statements = [query["sql"] for query in queries.captured_queries][1:-1]  # The test's own savepoint.
+    assert len(statements) <= CAPTURE_STATEMENTS_AT_MOST, "\n".join(statements)
+    assert not [sql for sql in statements if 'FROM "auth_user"' in sql and "JOIN" not in sql]
+    assert len([sql for sql in statements if sql.startswith('DELETE FROM "shop_cartline"')]) == 1
+    assert paid.status == Order.Status.PAID
+    assert Payment.objects.get(order=order).status == Payment.Status.CAPTURED
+    assert not CartLine.objects.filter(cart__user=shopper).exists()
+
+
+@pytest.mark.django_db
+def test_a_repeated_capture_records_nothing_twice(shopper, cart_of_two):
+    order = services.reserve_order(user=shopper, checkout_token="cost-twice")
+    services.capture_payment(order_id=order.pk, charge=charge_for(order))
+    again = services.capture_payment(order_id=order.pk, charge=charge_for(order))
+
+    assert again.status == Order.Status.PAID
+    assert Payment.objects.filter(order=order).count() == 1
+    assert order.events.count() == 2
