@@ -1,8 +1,9 @@
 """The shop's benchmark: every promise measured at scale, on PostgreSQL and Redis, against real daphne processes.
 
-    make bench                          # every scenario (README "Performance" says what each number means)
+    make bench                          # every scenario but the live signals' two (README "Performance")
     make bench QUICK=1                  # a reduced run, under 2 minutes
     make bench SCENARIO=push_latency    # one scenario (several: SCENARIO="burst contention")
+    make bench-live                     # cart_fanout and escalation_timer, which run only when named
     python bench/run.py --help
 
 Writes bench/results/latest.json (layout: README "Performance"), latest.md (a table per

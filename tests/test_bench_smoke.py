@@ -26,6 +26,10 @@ def test_quick_bench_run_writes_results_with_the_issue_layout(tmp_path):
             "contention",
             "--scenario",
             "burst",
+            "--scenario",
+            "cart_fanout",
+            "--scenario",
+            "escalation_timer",
             "--no-plots",
             "--out",
             str(tmp_path),
@@ -33,7 +37,7 @@ def test_quick_bench_run_writes_results_with_the_issue_layout(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
         check=False,
     )
     print(done.stdout[-3000:], done.stderr[-3000:])
@@ -43,7 +47,7 @@ def test_quick_bench_run_writes_results_with_the_issue_layout(tmp_path):
     assert (tmp_path / "latest.md").read_text().startswith("# Bench run")
     assert report["quick"] is True
     assert {"cpus", "cpu_model", "memory_gib"} <= set(report["machine"])
-    assert set(report["scenarios"]) == {"contention", "burst"}
+    assert set(report["scenarios"]) == {"contention", "burst", "cart_fanout", "escalation_timer"}
     for scenario in report["scenarios"].values():
         assert "error" not in scenario
         assert scenario["parameters"] and scenario["units"]
@@ -57,4 +61,20 @@ def test_quick_bench_run_writes_results_with_the_issue_layout(tmp_path):
     for figure in ("delivered_live_share", "delivered_after_resume_share", "duplicates", "last_delivery_s"):
         assert isinstance(burst[figure], int | float)
     assert burst["delivered_after_resume_share"] == 1.0
-    assert {goal["figure"] for goal in report["goals"]} >= {"contention.orders", "burst.last_delivery_s"}
+    fanout = report["scenarios"]["cart_fanout"]
+    assert fanout["signals_missing"] == 0
+    for row in fanout["rounds"]:
+        assert row["signals"] == row["carts"] == fanout["parameters"]["carts"]
+        for figure in ("first_ms", "p50_ms", "last_ms", "checkout_post_ms"):
+            assert isinstance(row[figure], int | float)
+    escalation = report["scenarios"]["escalation_timer"]
+    assert escalation["all_checks_held"] is True
+    for load in escalation["loads"]:
+        assert load["emails"] == load["notifications"] - load["read_at_once"] > 0
+        assert load["late_ms"]["min"] >= 0
+    assert {goal["figure"] for goal in report["goals"]} >= {
+        "contention.orders",
+        "burst.last_delivery_s",
+        "cart_fanout.signals_missing",
+        "escalation_timer.all_checks_held",
+    }
