@@ -309,6 +309,10 @@ PAYMENT_TIMEOUT = env_seconds("PAYMENT_TIMEOUT", 20.0)
 # A PENDING order older than this is asked about at the bank by reconcile_payments (and by
 # the follow-up task every checkout schedules).
 PAYMENT_RECONCILE_AFTER = env_seconds("PAYMENT_RECONCILE_AFTER", 2 * PAYMENT_TIMEOUT + 10)
+# How many checkouts of one process do their database work (reserve, capture, release) at
+# once; the others queue for a turn, so a storm of checkouts cannot take every thread and
+# the CPU from the rest of the site. The bank is awaited outside this bound.
+CHECKOUT_CONCURRENCY = env_int("CHECKOUT_CONCURRENCY", 4)
 
 SHOP_CURRENCY = "EUR"
 SHOP_MAX_QUANTITY_PER_LINE = 20

@@ -6,16 +6,21 @@ loading the order) fails here. They include what the receivers of the shop's sig
 in the same transactions (the notification, the live cart warning, the staff feed).
 """
 
+import asyncio
+import threading
 from datetime import date
 from decimal import Decimal
 
 import pytest
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from shop import services
+from shop import payments, services
 from shop.models import CartLine, Order, Payment, StockMovement
 from shop.payments import Card, ChargeResult
+from shop.signals import order_placed
+from tests.fakes import wait_until
 
 CARD = Card(number="4242424242424242", expiry_month=12, expiry_year=date.today().year + 1, cvc="123")
 
@@ -84,3 +89,85 @@ def test_a_repeated_capture_records_nothing_twice(shopper, cart_of_two):
     assert again.status == Order.Status.PAID
     assert Payment.objects.filter(order=order).count() == 1
     assert order.events.count() == 2
+
+
+# A storm of checkouts takes turns for its database work, not for the bank -------------------
+
+
+def shoppers_with_a_cart(make_user, product, count: int) -> list:
+    shoppers = [make_user() for _ in range(count)]
+    for shopper in shoppers:
+        services.add_to_cart(cart=services.get_cart(user=shopper, create=True), product=product, quantity=1)
+    return shoppers
+
+
+async def pay_as_a_request(shopper, token: str) -> Order:
+    # As the ASGI handler runs each request: its sync work in a thread of its own.
+    async with ThreadSensitiveContext():
+        return await services.place_order(user=shopper, checkout_token=token, card=CARD)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("close_worker_thread_connections")
+async def test_checkouts_taking_turns_one_at_a_time_still_wait_for_the_bank_together(
+    settings, make_user, make_product, monkeypatch
+):
+    settings.CHECKOUT_CONCURRENCY = 1
+    product = await sync_to_async(make_product)(stock=10)
+    shoppers = await sync_to_async(shoppers_with_a_cart)(make_user, product, 4)
+    at_the_bank, bank_answers = [], asyncio.Event()
+    real_charge = payments.SandboxBank.charge
+
+    async def held_charge(self, **kwargs):
+        at_the_bank.append(kwargs["idempotency_key"])
+        await bank_answers.wait()
+        return await real_charge(self, **kwargs)
+
+    monkeypatch.setattr(payments.SandboxBank, "charge", held_charge)
+
+    checkouts = [asyncio.ensure_future(pay_as_a_request(shopper, f"turns-{shopper.pk}")) for shopper in shoppers]
+    # With the one turn held through the bank's answer, a single checkout would ever get here.
+    await wait_until(lambda: len(at_the_bank) == len(shoppers), timeout=30)
+    pending = await sync_to_async(lambda: set(Order.objects.values_list("status", flat=True)))()
+    bank_answers.set()
+    orders = await asyncio.gather(*checkouts)
+
+    assert pending == {Order.Status.PENDING}  # All four reserved, none captured, all at the bank at once.
+    assert [order.status for order in orders] == [Order.Status.PAID] * len(shoppers)
+    product = await product.__class__.objects.aget(pk=product.pk)
+    assert product.stock == 10 - len(shoppers)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("close_worker_thread_connections")
+async def test_no_more_checkouts_than_checkout_concurrency_do_their_database_work_at_once(
+    settings, make_user, make_product
+):
+    # PostgreSQL: its row locks let captures of different orders run side by side (SQLite's
+    # single writer would serialise them whatever the bound).
+    settings.CHECKOUT_CONCURRENCY = 2
+    product = await sync_to_async(make_product)(stock=10)
+    shoppers = await sync_to_async(shoppers_with_a_cart)(make_user, product, 6)
+    inside, most_inside, lock = [0], [0], threading.Lock()
+    let_go = threading.Event()
+
+    def capture_in_progress(sender, order, **kwargs):
+        # In capture_payment's transaction, in that checkout's own thread: stay a while.
+        with lock:
+            inside[0] += 1
+            most_inside[0] = max(most_inside[0], inside[0])
+        let_go.wait(timeout=0.5)
+        with lock:
+            inside[0] -= 1
+
+    order_placed.connect(capture_in_progress, dispatch_uid="test-capture-in-progress")
+    try:
+        checkouts = [pay_as_a_request(shopper, f"bound-{shopper.pk}") for shopper in shoppers]
+        orders = await asyncio.gather(*checkouts)
+    finally:
+        let_go.set()
+        order_placed.disconnect(dispatch_uid="test-capture-in-progress")
+
+    assert [order.status for order in orders] == [Order.Status.PAID] * len(shoppers)
+    assert 1 <= most_inside[0] <= 2

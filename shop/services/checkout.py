@@ -6,6 +6,7 @@ neither a thread nor a row lock is held while the bank thinks.
 
 import asyncio
 import logging
+import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -82,11 +83,38 @@ def _in_own_connection(function):
     return sync_to_async(run)
 
 
+# One bound per event loop (daphne runs one per process; tests and async_to_sync make others):
+# an asyncio semaphore belongs to the loop it first made wait. Values: (size, semaphore).
+_checkout_slots_by_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _checkout_slots() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    size = settings.CHECKOUT_CONCURRENCY
+    slots = _checkout_slots_by_loop.get(loop)
+    if slots is None or slots[0] != size:
+        slots = _checkout_slots_by_loop[loop] = (size, asyncio.Semaphore(size))
+    return slots[1]
+
+
+async def _in_turn(function, **kwargs):
+    """Run a checkout transaction once one of the process's CHECKOUT_CONCURRENCY turns is free.
+
+    Each checkout's sync work runs in a thread of its own (one per request), and every
+    running thread takes its share of the GIL: two hundred checkouts at once would leave a
+    catalog page a two-hundredth of the CPU. Queued here instead, on the event loop, they
+    wait their turn holding nothing. A turn covers one transaction, never the bank's answer,
+    so the bank waits of a whole wave still overlap.
+    """
+    async with _checkout_slots():
+        return await _in_own_connection(function)(**kwargs)
+
+
 async def _with_database_retries(function, **kwargs):
     """Run a transaction, retrying on a fresh connection while the database is unreachable."""
     for delay in (*CAPTURE_RETRY_DELAYS, None):
         try:
-            return await _in_own_connection(function)(**kwargs)
+            return await _in_turn(function, **kwargs)
         except (OperationalError, InterfaceError) as error:
             if delay is None:
                 raise
@@ -118,8 +146,13 @@ async def place_order(
     the database could not record it. The same checkout token always ends in the same
     single order and charge.
     """
-    order = await _in_own_connection(reserve_order)(
-        user=user, checkout_token=checkout_token, cart_fingerprint=cart_fingerprint, shipping=shipping, email=email
+    order = await _in_turn(
+        reserve_order,
+        user=user,
+        checkout_token=checkout_token,
+        cart_fingerprint=cart_fingerprint,
+        shipping=shipping,
+        email=email,
     )
     if order.status != Order.Status.PENDING:
         return order  # A resubmitted form: this checkout already ended.
