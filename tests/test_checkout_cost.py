@@ -171,3 +171,53 @@ async def test_no_more_checkouts_than_checkout_concurrency_do_their_database_wor
 
     assert [order.status for order in orders] == [Order.Status.PAID] * len(shoppers)
     assert 1 <= most_inside[0] <= 2
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("close_worker_thread_connections")
+async def test_checkouts_waiting_for_a_turn_hold_no_database_connection(settings, make_user, make_product):
+    settings.CHECKOUT_CONCURRENCY = 1
+    product = await sync_to_async(make_product)(stock=10)
+    holder, *queued = await sync_to_async(shoppers_with_a_cart)(make_user, product, 5)
+    holding, let_go, read_the_session = threading.Event(), threading.Event(), []
+
+    def hold_the_turn(sender, order, **kwargs):
+        if order.user_id == holder.pk:
+            holding.set()
+            let_go.wait(timeout=60)
+
+    async def pay_after_reading_the_session(shopper) -> Order:
+        async with ThreadSensitiveContext():
+            # As the view does (session, user): the request's thread now has a connection open.
+            await sync_to_async(lambda: list(type(shopper).objects.filter(pk=shopper.pk)))()
+            read_the_session.append(shopper.pk)
+            return await services.place_order(user=shopper, checkout_token=f"queued-{shopper.pk}", card=CARD)
+
+    def other_connections() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return cursor.fetchone()[0]
+
+    order_placed.connect(hold_the_turn, dispatch_uid="test-hold-the-turn")
+    try:
+        first = asyncio.ensure_future(pay_as_a_request(holder, "holder"))
+        await wait_until(holding.is_set, timeout=30)
+        others = [asyncio.ensure_future(pay_after_reading_the_session(shopper)) for shopper in queued]
+        await wait_until(lambda: len(read_the_session) == len(queued), timeout=30)
+        # The holder's capture has one; the four queued checkouts gave theirs back (one each before).
+        connections_while_queued = [await sync_to_async(other_connections)()]
+        for _ in range(200):  # Some seconds on a loaded machine; at once, usually.
+            if connections_while_queued[-1] <= 2:
+                break
+            await asyncio.sleep(0.05)
+            connections_while_queued.append(await sync_to_async(other_connections)())
+    finally:
+        let_go.set()
+        order_placed.disconnect(dispatch_uid="test-hold-the-turn")
+    orders = await asyncio.gather(first, *others)
+
+    assert connections_while_queued[-1] <= 2, connections_while_queued
+    assert [order.status for order in orders] == [Order.Status.PAID] * 5

@@ -103,10 +103,16 @@ async def _in_turn(function, **kwargs):
     Each checkout's sync work runs in a thread of its own (one per request), and every
     running thread takes its share of the GIL: two hundred checkouts at once would leave a
     catalog page a two-hundredth of the CPU. Queued here instead, on the event loop, they
-    wait their turn holding nothing. A turn covers one transaction, never the bank's answer,
+    wait their turn holding nothing, not even a database connection. A turn covers one transaction, never the bank's answer,
     so the bank waits of a whole wave still overlap.
     """
-    async with _checkout_slots():
+    slots = _checkout_slots()
+    if slots.locked():
+        # Queued: first the request's thread hands back the connection it read the session
+        # and the user with, or the shoppers waiting for a turn would hold every connection
+        # of the pool, and the rest of the site would wait for them.
+        await sync_to_async(_release_connection)()
+    async with slots:
         return await _in_own_connection(function)(**kwargs)
 
 
