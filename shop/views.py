@@ -4,7 +4,7 @@ import secrets
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login
+from django.contrib.auth import get_user, login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.mixins import LoginRequiredMixin
@@ -294,7 +294,10 @@ async def checkout(request: HttpRequest) -> HttpResponse:
     Database work goes through sync_to_async; messages only queue on the request (the
     middleware stores them), so they are added directly.
     """
-    if not (await request.auser()).is_authenticated:
+    # The session and the user in one trip to the request's thread (auser() makes two), kept
+    # as request.user too: the page's rendering, in that thread, would otherwise load it again.
+    request.user = user = await sync_to_async(get_user)(request)
+    if not user.is_authenticated:
         # Say why the shopper lands on the login page, and that nothing is lost.
         messages.info(request, "Please log in or create an account to check out. Your cart will be waiting for you.")
         return redirect_to_login(request.get_full_path())
@@ -316,7 +319,6 @@ async def checkout(request: HttpRequest) -> HttpResponse:
     # which can only find its own order.
     shown = await request.session.aget(CHECKOUT_FINGERPRINT_SESSION_KEY) if token == session_token else None
 
-    user = await request.auser()
     shipping = form.shipping_address()
     try:
         order = await services.place_order(

@@ -20,6 +20,7 @@ from shop import payments, services
 from shop.models import CartLine, Order, Payment, StockMovement
 from shop.payments import Card, ChargeResult
 from shop.signals import order_placed
+from tests.checkout_data import shipping_fields
 from tests.fakes import wait_until
 
 CARD = Card(number="4242424242424242", expiry_month=12, expiry_year=date.today().year + 1, cvc="123")
@@ -221,3 +222,29 @@ async def test_checkouts_waiting_for_a_turn_hold_no_database_connection(settings
 
     assert connections_while_queued[-1] <= 2, connections_while_queued
     assert [order.status for order in orders] == [Order.Status.PAID] * 5
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_the_checkout_reads_the_shopper_once(client, shopper, cart_of_two, method):
+    client.force_login(shopper)
+    page = client.get("/checkout/")
+    token = page.context["checkout_token"]
+    with CaptureQueriesContext(connection) as queries:
+        if method == "GET":
+            response = client.get("/checkout/")
+        else:
+            response = client.post(
+                "/checkout/",
+                {
+                    **shipping_fields(email=shopper.email),
+                    "number": "4242 4242 4242 4242",
+                    "expiry": f"12/{(date.today().year + 1) % 100:02d}",
+                    "cvc": "123",
+                    "checkout_token": token,
+                },
+            )
+
+    assert response.status_code == (200 if method == "GET" else 302)
+    reads = [query["sql"] for query in queries.captured_queries if query["sql"].startswith("SELECT")]
+    assert len([sql for sql in reads if 'FROM "auth_user"' in sql and "FOR UPDATE" not in sql]) == 1
