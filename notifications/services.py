@@ -214,7 +214,9 @@ def notify_many(drafts: list[Draft]) -> list[Notification]:
     """
     if not drafts:
         return []
-    with transaction.atomic():
+    # Part of the caller's transaction (no savepoint: a failure here fails the change it tells
+    # about), or a transaction of its own when there is none.
+    with transaction.atomic(savepoint=False):
         per_recipient = Counter(draft.recipient.pk for draft in drafts)
         next_seq = NotificationStream.objects.claim_seqs(per_recipient)
         notifications = []
