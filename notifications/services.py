@@ -151,30 +151,28 @@ def dispatch(notification: Notification, unread: int | None = None) -> None:
     run_in_background(lambda: adispatch(notification, unread))
 
 
-async def adispatch_many(pushes: list[tuple[Notification, int]]) -> int:
-    """Push many notifications (each with its unread count); return how many went out.
+# Pushes of a bulk per round trip to Redis: each chunk within the dispatch timeout, with room.
+PUSH_CHUNK = 1000
 
-    They go out in rounds of at most one notification per recipient, each round in one round
-    trip to Redis, so a user's frames arrive in their sequence order; a round that fails is
-    logged and its notifications are replayed on the next connect, as for one push.
+
+async def adispatch_many(pushes: list[tuple[Notification, int]]) -> int:
+    """Push many notifications (each with its unread count), in their order; return how many went out.
+
+    A chunk of them is one round trip to Redis (a pipeline), and the chunks go one after
+    another: Redis hands the messages of one connection to subscribers in the order it got
+    them, so each user's frames arrive in their sequence order. A chunk that fails is logged
+    and its notifications are replayed on the next connect, as for one push.
     """
-    rounds: list[list[tuple[Notification, int]]] = []
-    sent_per_user: dict[int, int] = {}
-    for push in pushes:
-        number = sent_per_user.get(push[0].recipient_id, 0)
-        sent_per_user[push[0].recipient_id] = number + 1
-        if number == len(rounds):
-            rounds.append([])
-        rounds[number].append(push)
     sent = 0
-    for round_ in rounds:
+    for start in range(0, len(pushes), PUSH_CHUNK):
+        chunk = pushes[start : start + PUSH_CHUNK]
         messages = [
             (user_group(notification.recipient_id), _push_message(notification, unread))
-            for notification, unread in round_
+            for notification, unread in chunk
         ]
         if await _bounded_group_send_many(messages, what=f"{len(messages)} notifications"):
-            sent += len(round_)
-            await receipts.anote_pushed_many([notification.pk for notification, _ in round_], server_loop=_server_loop)
+            sent += len(chunk)
+            await receipts.anote_pushed_many([notification.pk for notification, _ in chunk], server_loop=_server_loop)
     return sent
 
 
