@@ -24,6 +24,15 @@ def server_url(url: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=""))
 
 
+def run_scenario(name: str, plan: dict, *, postgres: str | None, rest: list[str]) -> None:
+    """Replace this process with bench/run.py running scenario `name`, the plan's figures given (None: its own)."""
+    command = [sys.executable, str(RUN), "--scenario", name]
+    command += [f"--plan={key}={json.dumps(value)}" for key, value in plan.items() if value is not None]
+    if postgres:
+        command += ["--postgres", server_url(postgres)]
+    os.execv(sys.executable, command + rest)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], epilog="Any other option goes to bench/run.py (see its --help)."
@@ -42,11 +51,7 @@ def main() -> None:
         "fanout_client_processes": args.client_processes,
         "fanout_layers": args.layer,
     }
-    command = [sys.executable, str(RUN), "--scenario", "cart_fanout"]
-    command += [f"--plan={key}={json.dumps(value)}" for key, value in plan.items() if value is not None]
-    if args.postgres:
-        command += ["--postgres", server_url(args.postgres)]
-    os.execv(sys.executable, command + rest)
+    run_scenario("cart_fanout", plan, postgres=args.postgres, rest=rest)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,8 @@ over --seconds is one load of that rate; --rate (repeatable) runs one load per r
 """
 
 import argparse
-import json
-import os
-import sys
 
-from cart_fanout import RUN, server_url
+from cart_fanout import run_scenario
 
 
 def main() -> None:
@@ -44,11 +41,7 @@ def main() -> None:
         "escalation_delay_s": args.delay_seconds,
         "escalation_read_share": args.read_share,
     }
-    command = [sys.executable, str(RUN), "--scenario", "escalation_timer"]
-    command += [f"--plan={key}={json.dumps(value)}" for key, value in plan.items() if value is not None]
-    if args.postgres:
-        command += ["--postgres", server_url(args.postgres)]
-    os.execv(sys.executable, command + rest)
+    run_scenario("escalation_timer", plan, postgres=args.postgres, rest=rest)
 
 
 if __name__ == "__main__":

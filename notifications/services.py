@@ -87,38 +87,33 @@ async def _run_logged(make_coroutine: Callable[[], Awaitable]) -> None:
 
 async def _bounded_group_send(group: str, message: dict, *, what: str) -> bool:
     """Send to a group within the dispatch timeout; log and swallow any failure."""
-    try:
-        await asyncio.wait_for(
-            get_channel_layer().group_send(group, message), timeout=settings.NOTIFICATIONS_DISPATCH_TIMEOUT
-        )
-        return True
-    except asyncio.TimeoutError:
-        logger.warning("Push of %s to %s timed out; it will be replayed on the next connect", what, group)
-    except Exception as error:
-        # One line, not a traceback: with Redis down this happens on every order.
-        logger.warning("Push of %s to %s failed (%r); it will be replayed on the next connect", what, group, error)
-    return False
+    return await _bounded(get_channel_layer().group_send(group, message), what=f"{what} to {group}")
 
 
 async def _bounded_group_send_many(messages: list[tuple[str, dict]], *, what: str) -> bool:
-    """Send many group messages within the dispatch timeout; log and swallow any failure.
+    """Send many group messages within the dispatch timeout, in order; log and swallow any failure.
 
     The Redis layer sends them all in one round trip (group_send_many); others one by one.
     """
     layer = get_channel_layer()
-    send_many = getattr(layer, "group_send_many", None)
-    if send_many is None:
+    if hasattr(layer, "group_send_many"):
+        return await _bounded(layer.group_send_many(messages), what=what)
 
-        async def send_many(messages):
-            for group, message in messages:
-                await layer.group_send(group, message)
+    async def one_by_one():
+        for group, message in messages:
+            await layer.group_send(group, message)
 
+    return await _bounded(one_by_one(), what=what)
+
+
+async def _bounded(sending: Awaitable, *, what: str) -> bool:
     try:
-        await asyncio.wait_for(send_many(messages), timeout=settings.NOTIFICATIONS_DISPATCH_TIMEOUT)
+        await asyncio.wait_for(sending, timeout=settings.NOTIFICATIONS_DISPATCH_TIMEOUT)
         return True
     except asyncio.TimeoutError:
         logger.warning("Push of %s timed out; it will be replayed on the next connect", what)
     except Exception as error:
+        # One line, not a traceback: with Redis down this happens on every order.
         logger.warning("Push of %s failed (%r); it will be replayed on the next connect", what, error)
     return False
 
