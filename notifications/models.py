@@ -22,6 +22,11 @@ class NotificationStreamManager(models.Manager):
         Lock each recipient's stream (in pk order, as every writer does), advance it by
         `counts[recipient]` and return recipient -> the first of the numbers claimed.
         """
+        if len(counts) == 1:
+            # One recipient (every notify()): the UPDATE alone locks the row and hands the
+            # number back, one statement where a SELECT ... FOR UPDATE and an UPDATE took two.
+            [(recipient_id, count)] = counts.items()
+            return {recipient_id: self._advance(recipient_id, count)}
         ids = sorted(counts)
         locked = self.select_for_update().order_by("pk")
         streams = {stream.pk: stream for stream in locked.filter(pk__in=ids)}
@@ -38,6 +43,23 @@ class NotificationStreamManager(models.Manager):
         for count, recipient_ids in by_count.items():
             self.filter(pk__in=recipient_ids).update(last_seq=F("last_seq") + count)
         return {stream.pk: stream.last_seq + 1 for stream in streams.values()}
+
+    def _advance(self, recipient_id: int, count: int) -> int:
+        """Advance one recipient's stream by `count` (locking its row); return the first number claimed."""
+        last = self._update_returning(recipient_id, count)
+        if last is None:
+            # Their first notification: start the stream (a concurrent first writer's insert
+            # wins, ours is a no-op), then advance it.
+            self.bulk_create([self.model(recipient_id=recipient_id)], ignore_conflicts=True)
+            last = self._update_returning(recipient_id, count)
+        return last - count + 1
+
+    def _update_returning(self, recipient_id: int, count: int) -> int | None:
+        # UPDATE ... RETURNING (PostgreSQL, and SQLite since 3.35), which the ORM cannot write.
+        with connections[self.db].cursor() as cursor:
+            cursor.execute(_advance_sql(self.db), [count, recipient_id])
+            row = cursor.fetchone()
+        return row[0] if row else None
 
     def last_seq(self, recipient_id: int) -> int:
         """The newest committed sequence number of the user (0 if none): everything up to it is readable."""
@@ -86,6 +108,17 @@ class NotificationQuerySet(models.QuerySet):
 
     def undelivered(self):
         return self.filter(delivered_at__isnull=True)
+
+
+@functools.cache
+def _advance_sql(alias: str) -> str:
+    """NotificationStreamManager._update_returning()'s statement: parameters count, recipient id."""
+    quote = connections[alias].ops.quote_name
+    last_seq = quote(NotificationStream._meta.get_field("last_seq").column)
+    return (
+        f"UPDATE {quote(NotificationStream._meta.db_table)} SET {last_seq} = {last_seq} + %s"
+        f" WHERE {quote(NotificationStream._meta.pk.column)} = %s RETURNING {last_seq}"
+    )
 
 
 @functools.cache

@@ -11,11 +11,12 @@ from datetime import date
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django_tasks_db.models import DBTaskResult
 
 from notifications import services, tasks
-from notifications.models import Notification
+from notifications.models import Notification, NotificationStream
 from shop import services as shop_services
 from shop.models import Order
 from shop.payments import Card, PaymentDeclined
@@ -94,6 +95,34 @@ def test_push_after_commit_makes_no_database_query_and_carries_the_unread_count(
             callback()
 
     assert spy_layer.group_sends[-1][1]["unread"] == 2
+
+
+def test_a_notification_takes_its_number_in_one_statement_and_counts_unread_once(shopper, other_shopper):
+    """notify() runs inside the change it tells about (a checkout's capture): every statement is
+    the shopper's wait (issue 8, notify_overhead). Before: a SELECT ... FOR UPDATE of the stream,
+    then an UPDATE of it; the UPDATE alone locks the row and hands the number back.
+    """
+    notify_shopper(shopper, title="Earlier")
+    services.notify(recipient=other_shopper, kind=Notification.Kind.ORDER_SHIPPED, title="Not theirs")
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        notification = notify_shopper(shopper, title="Now")
+
+    statements = [query["sql"] for query in queries.captured_queries if "SAVEPOINT" not in query["sql"]]
+    on_stream = [sql for sql in statements if "notificationstream" in sql]
+    assert len(on_stream) == 1 and on_stream[0].startswith("UPDATE"), "\n".join(statements)
+    # The stream, the row, the recipient's email choice and its task, the unread count.
+    assert len(statements) == 5, "\n".join(statements)
+    assert notification.seq == 2
+    assert services.Notification.objects.get(pk=notification.pk).seq == 2
+
+
+def test_the_first_notification_of_a_user_starts_their_stream_at_one(shopper):
+    with transaction.atomic():
+        first = notify_shopper(shopper, title="First")
+    second = notify_shopper(shopper, title="Second")
+
+    assert (first.seq, second.seq) == (1, 2)
+    assert NotificationStream.objects.last_seq(shopper.pk) == 2
 
 
 def test_notify_in_rolled_back_transaction_leaves_no_row_and_pushes_nothing(
