@@ -115,6 +115,23 @@ def test_remembering_an_address_already_in_the_book_reuses_it_as_default(shopper
     assert services.default_address(user=shopper) == home
 
 
+def test_ordering_again_to_the_default_address_reads_it_once_and_writes_nothing(shopper, django_assert_num_queries):
+    """Most checkouts of a returning shopper ship to their default: the paid checkout's response
+    should not wait for a transaction that rewrites what is already true (issue 8: before, a
+    lock, a read of the whole book and two UPDATEs per checkout).
+    """
+    home = services.add_address(user=shopper, address=HOME)
+    services.add_address(user=shopper, address=WORK)
+    same_place = services.ShippingAddress(**{**HOME.__dict__, "line1": "12  RUE de la Paix"})
+
+    with django_assert_num_queries(1):
+        remembered = services.remember_address(user=shopper, address=same_place)
+
+    assert remembered == home
+    assert services.default_address(user=shopper) == home
+    assert Address.objects.filter(user=shopper).count() == 2
+
+
 def test_another_shoppers_address_is_not_found(shopper, other_shopper):
     theirs = services.add_address(user=other_shopper, address=HOME)
     for action in (services.set_default_address, services.delete_address, services.get_address):
