@@ -80,10 +80,12 @@ async def alice_client(shopper):
     return await sync_to_async(log_in)(shopper)
 
 
-async def receive_all(communicator) -> list[dict]:
-    frames = []
-    while not await communicator.receive_nothing(timeout=0.1):
-        frames.append(await communicator.receive_json_from())
+async def receive_frames(communicator, count: int) -> list[dict]:
+    """`count` frames, then nothing more. A replay by id has no end marker: waiting for a quiet
+    0.1 s instead, the tests saw no frame at all on a loaded machine.
+    """
+    frames = [await communicator.receive_json_from(timeout=5) for _ in range(count)]
+    assert await communicator.receive_nothing(timeout=0.1)
     return frames
 
 
@@ -170,7 +172,7 @@ async def test_after_in_url_replays_newer_notifications_of_the_user_in_id_order(
 
     communicator = await open_socket(alice_client, query=f"?after={ids[1]}")
 
-    frames = await receive_all(communicator)
+    frames = await receive_frames(communicator, len(ids[2:]))
     assert [frame["id"] for frame in frames] == ids[2:]
     first = await Notification.objects.aget(pk=ids[2])
     assert frames[0] == {
@@ -195,7 +197,7 @@ async def test_resume_message_replays_newer_notifications_of_the_user_in_id_orde
 
     await communicator.send_json_to({"type": "resume", "after": ids[0]})
 
-    frames = await receive_all(communicator)
+    frames = await receive_frames(communicator, len(ids[1:]))
     assert [frame["id"] for frame in frames] == ids[1:]
     assert {frame["title"] for frame in frames} == {"For alice"}
 
@@ -205,7 +207,7 @@ async def test_resume_after_zero_replays_everything_of_the_user(open_socket, sho
 
     communicator = await open_socket(alice_client, query="?after=0")
 
-    assert [frame["id"] for frame in await receive_all(communicator)] == ids
+    assert [frame["id"] for frame in await receive_frames(communicator, len(ids))] == ids
 
 
 # Client messages ---------------------------------------------------------------------

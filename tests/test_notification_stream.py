@@ -200,10 +200,15 @@ async def alice_client(shopper):
     return await sync_to_async(log_in)(shopper)
 
 
-async def receive_all(communicator) -> list[dict]:
-    frames = []
-    while not await communicator.receive_nothing(timeout=0.1):
-        frames.append(await communicator.receive_json_from())
+async def receive_through(communicator, last_type: str) -> list[dict]:
+    """Every frame up to the first of `last_type` (a replay ends with `replayed`, a push with its
+    `unread`), then nothing more. Waiting for the end marker, not for a quiet 0.1 s: on a loaded
+    machine the first frame could take longer than that, and the test saw no frame at all.
+    """
+    frames = [await communicator.receive_json_from(timeout=5)]
+    while frames[-1]["type"] != last_type:
+        frames.append(await communicator.receive_json_from(timeout=5))
+    assert await communicator.receive_nothing(timeout=0.1)
     return frames
 
 
@@ -234,7 +239,7 @@ async def test_hello_and_pong_carry_the_users_newest_committed_seq(open_socket, 
     assert communicator.hello["last_seq"] == 3
 
     await sync_to_async(write_notifications)(shopper, 1)
-    frames = await receive_all(communicator)  # the live push and its unread count
+    frames = await receive_through(communicator, "unread")  # the live push and its unread count
     assert [frame["seq"] for frame in frames if frame["type"] == "notification"] == [4]
     await communicator.send_json_to({"type": "ping"})
     assert await communicator.receive_json_from() == {"type": "pong", "last_seq": 4}
@@ -252,7 +257,7 @@ async def test_resume_after_seq_replays_newer_notifications_in_seq_order_and_say
 
     await communicator.send_json_to({"type": "resume", "after_seq": 0})
 
-    frames = await receive_all(communicator)
+    frames = await receive_through(communicator, "replayed")
     assert [frame["id"] for frame in frames[:-1]] == [n.pk for n in in_seq_order + later]
     assert [frame["seq"] for frame in frames[:-1]] == [1, 2, 3, 4]
     assert frames[-1] == {"type": "replayed", "last_seq": 4}
@@ -265,7 +270,7 @@ async def test_after_seq_in_the_url_replays_what_the_page_did_not_account_for(op
 
     communicator = await open_socket(alice_client, query="?after_seq=2")
 
-    frames = await receive_all(communicator)
+    frames = await receive_through(communicator, "replayed")
     assert [(frame["type"], frame.get("id")) for frame in frames] == [
         ("notification", notifications[2].pk),
         ("notification", notifications[3].pk),
@@ -284,7 +289,7 @@ async def test_replay_reads_the_history_in_pages_and_misses_nothing(open_socket,
 
     communicator = await open_socket(alice_client, query="?after_seq=1")
 
-    frames = await receive_all(communicator)
+    frames = await receive_through(communicator, "replayed")
     assert [frame["seq"] for frame in frames[:-1]] == list(range(2, 11))
     assert [frame["id"] for frame in frames[:-1]] == [n.pk for n in notifications[1:]]
 
@@ -298,7 +303,7 @@ async def test_replay_over_a_deleted_notification_still_ends_at_the_newest_seq(o
 
     communicator = await open_socket(alice_client, query="?after_seq=1")
 
-    frames = await receive_all(communicator)
+    frames = await receive_through(communicator, "replayed")
     assert frames == [notifications[1].to_message(), {"type": "replayed", "last_seq": 3}]
 
 
