@@ -4,7 +4,8 @@ import re
 from datetime import date
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from shop import services
 from shop.forms import AddressBookForm, CheckoutForm
@@ -130,6 +131,21 @@ def test_ordering_again_to_the_default_address_reads_it_once_and_writes_nothing(
     assert remembered == home
     assert services.default_address(user=shopper) == home
     assert Address.objects.filter(user=shopper).count() == 2
+
+
+def test_a_new_address_remembered_at_checkout_is_written_once_as_the_default(shopper):
+    """Before: inserted, then updated to default, then updated again for its timestamp."""
+    home = services.add_address(user=shopper, address=HOME)
+
+    with CaptureQueriesContext(connection) as queries:
+        work = services.remember_address(user=shopper, address=WORK)
+
+    writes = [query["sql"] for query in queries.captured_queries if query["sql"].startswith(("INSERT", "UPDATE"))]
+    assert len(writes) == 2, "\n".join(writes)  # The old default cleared, the new one inserted.
+    assert services.default_address(user=shopper) == work
+    home.refresh_from_db()
+    assert not home.is_default
+    assert list(Address.objects.filter(user=shopper)) == [work, home]
 
 
 def test_another_shoppers_address_is_not_found(shopper, other_shopper):

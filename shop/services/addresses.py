@@ -86,9 +86,14 @@ def get_address(*, user, address_id: int) -> Address:
 
 
 def _make_default(address: Address) -> None:
+    """Make `address` the shopper's default, saving it (an address not yet saved is inserted as such)."""
     # Clear the old default first: the partial unique index allows one default per shopper.
-    Address.objects.filter(user_id=address.user_id, is_default=True).exclude(pk=address.pk).update(is_default=False)
-    if not address.is_default:
+    others = Address.objects.filter(user_id=address.user_id, is_default=True)
+    (others.exclude(pk=address.pk) if address.pk else others).update(is_default=False)
+    if address._state.adding:
+        address.is_default = True
+        address.save()
+    elif not address.is_default:
         address.is_default = True
         address.save(update_fields=["is_default", "updated_at"])
 
@@ -158,9 +163,8 @@ def remember_address(*, user, address: ShippingAddress) -> Address:
             None,
         )
         if saved is None:
-            saved = Address.objects.create(user=user, **asdict(address))
+            saved = Address(user=user, **asdict(address))
         _make_default(saved)
-        saved.save(update_fields=["updated_at"])
     return saved
 
 
