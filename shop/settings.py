@@ -93,17 +93,19 @@ INSTALLED_APPS = [
 ]
 
 # Every middleware here supports async, so async views (checkout, the inbox API) keep
-# their event loop and no thread is held while the bank answers.
+# their event loop and no thread is held while the bank answers. shop.middleware holds
+# Django's (and django-csp's) own, with the hooks that do no I/O run on the event loop
+# instead of a thread hop each (shop/middleware.py says which and why).
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
+    "shop.middleware.SecurityMiddleware",
     # Sets the Content-Security-Policy header on every page, error pages included.
-    "csp.middleware.CSPMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "shop.middleware.CSPMiddleware",
+    "shop.middleware.SessionMiddleware",
+    "shop.middleware.CommonMiddleware",
+    "shop.middleware.CsrfViewMiddleware",
+    "shop.middleware.AuthenticationMiddleware",
+    "shop.middleware.MessageMiddleware",
+    "shop.middleware.XFrameOptionsMiddleware",
     # Last, as django-axes requires: turns a locked-out login into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]

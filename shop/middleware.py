@@ -1,0 +1,89 @@
+"""Django's and django-csp's middleware, with the hooks that do no I/O run on the event loop.
+
+Under ASGI, Django runs every process_request and process_response of a MiddlewareMixin
+middleware through sync_to_async: a hop to the request's thread and back for each, 16 per
+request with this project's list (plus the view's own). Most of those hooks only read or set
+headers and cookies; each hop costs more than the hook, and under load every hop also waits
+its turn on the busy event loop: a catalog page read during a storm of checkouts waited for
+the loop sixteen times.
+
+Here the hooks that touch neither the database nor the disk run inline. Those that may,
+stay in the thread: the session's save (SessionMiddleware.process_response), the messages'
+(MessageMiddleware.process_response writes them into the session, which may load it), and
+CSRF's process_view (it parses the POST body, which can spool an upload to disk; Django
+calls process_view itself, through sync_to_async, whatever this class says).
+
+Under WSGI (the test client, `manage.py runserver`) nothing changes: __call__ is Django's.
+"""
+
+from asgiref.sync import sync_to_async
+from csp.middleware import CSPMiddleware as _CSPMiddleware
+from django.conf import settings
+from django.contrib.auth.middleware import AuthenticationMiddleware as _AuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware as _MessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware as _SessionMiddleware
+from django.middleware.clickjacking import XFrameOptionsMiddleware as _XFrameOptionsMiddleware
+from django.middleware.common import CommonMiddleware as _CommonMiddleware
+from django.middleware.csrf import CsrfViewMiddleware as _CsrfViewMiddleware
+from django.middleware.security import SecurityMiddleware as _SecurityMiddleware
+
+
+class HooksOnTheLoop:
+    """Mix into a MiddlewareMixin subclass: run the hooks named in `on_the_loop` without a thread hop.
+
+    Only for hooks that never block: no database, no file, no network.
+    """
+
+    on_the_loop: frozenset[str] = frozenset({"process_request", "process_response"})
+
+    async def __acall__(self, request):
+        response = None
+        if hasattr(self, "process_request"):
+            response = await self._run_hook("process_request", request)
+        response = response or await self.get_response(request)
+        if hasattr(self, "process_response"):
+            response = await self._run_hook("process_response", request, response)
+        return response
+
+    async def _run_hook(self, name: str, *args):
+        hook = getattr(self, name)
+        if name in self.on_the_loop:
+            return hook(*args)
+        return await sync_to_async(hook, thread_sensitive=True)(*args)
+
+
+class SecurityMiddleware(HooksOnTheLoop, _SecurityMiddleware):
+    pass
+
+
+class CSPMiddleware(HooksOnTheLoop, _CSPMiddleware):
+    pass
+
+
+class SessionMiddleware(HooksOnTheLoop, _SessionMiddleware):
+    # The request's session is loaded lazily (no query here); saving it is a query.
+    on_the_loop = frozenset({"process_request"})
+
+
+class CommonMiddleware(HooksOnTheLoop, _CommonMiddleware):
+    pass
+
+
+class CsrfViewMiddleware(HooksOnTheLoop, _CsrfViewMiddleware):
+    @property
+    def on_the_loop(self) -> frozenset[str]:
+        # A token kept in a cookie is no I/O to read or set; one kept in the session may load it.
+        return frozenset() if settings.CSRF_USE_SESSIONS else HooksOnTheLoop.on_the_loop
+
+
+class AuthenticationMiddleware(HooksOnTheLoop, _AuthenticationMiddleware):
+    # request.user is lazy: the user is read where it is first used, in the view's thread.
+    pass
+
+
+class MessageMiddleware(HooksOnTheLoop, _MessageMiddleware):
+    on_the_loop = frozenset({"process_request"})
+
+
+class XFrameOptionsMiddleware(HooksOnTheLoop, _XFrameOptionsMiddleware):
+    pass
