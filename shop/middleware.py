@@ -5,27 +5,24 @@ middleware through sync_to_async: a hop to the request's thread and back for eac
 request with this project's list (plus the view's own). Most of those hooks only read or set
 headers and cookies; each hop costs more than the hook, and under load every hop also waits
 its turn on the busy event loop: a catalog page read during a storm of checkouts waited for
-the loop sixteen times.
+the loop sixteen times. Seven of those hops are gone here.
 
 Here the hooks that touch neither the database nor the disk run inline. Those that may,
-stay in the thread: the session's save (SessionMiddleware.process_response), the messages'
-(MessageMiddleware.process_response writes them into the session, which may load it), and
-CSRF's process_view (it parses the POST body, which can spool an upload to disk; Django
-calls process_view itself, through sync_to_async, whatever this class says).
+stay in the thread: the session's save (SessionMiddleware.process_response) and the
+messages' (MessageMiddleware.process_response writes them into the session, which may load
+it). Django's security, CSRF and clickjacking middleware are left as they are: `manage.py
+check --deploy` finds them by name, and without those names it skips its HTTPS, HSTS, cookie
+and framing checks.
 
 Under WSGI (the test client, `manage.py runserver`) nothing changes: __call__ is Django's.
 """
 
 from asgiref.sync import sync_to_async
 from csp.middleware import CSPMiddleware as _CSPMiddleware
-from django.conf import settings
 from django.contrib.auth.middleware import AuthenticationMiddleware as _AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware as _MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware as _SessionMiddleware
-from django.middleware.clickjacking import XFrameOptionsMiddleware as _XFrameOptionsMiddleware
 from django.middleware.common import CommonMiddleware as _CommonMiddleware
-from django.middleware.csrf import CsrfViewMiddleware as _CsrfViewMiddleware
-from django.middleware.security import SecurityMiddleware as _SecurityMiddleware
 
 
 class HooksOnTheLoop:
@@ -52,10 +49,6 @@ class HooksOnTheLoop:
         return await sync_to_async(hook, thread_sensitive=True)(*args)
 
 
-class SecurityMiddleware(HooksOnTheLoop, _SecurityMiddleware):
-    pass
-
-
 class CSPMiddleware(HooksOnTheLoop, _CSPMiddleware):
     pass
 
@@ -69,13 +62,6 @@ class CommonMiddleware(HooksOnTheLoop, _CommonMiddleware):
     pass
 
 
-class CsrfViewMiddleware(HooksOnTheLoop, _CsrfViewMiddleware):
-    @property
-    def on_the_loop(self) -> frozenset[str]:
-        # A token kept in a cookie is no I/O to read or set; one kept in the session may load it.
-        return frozenset() if settings.CSRF_USE_SESSIONS else HooksOnTheLoop.on_the_loop
-
-
 class AuthenticationMiddleware(HooksOnTheLoop, _AuthenticationMiddleware):
     # request.user is lazy: the user is read where it is first used, in the view's thread.
     pass
@@ -83,7 +69,3 @@ class AuthenticationMiddleware(HooksOnTheLoop, _AuthenticationMiddleware):
 
 class MessageMiddleware(HooksOnTheLoop, _MessageMiddleware):
     on_the_loop = frozenset({"process_request"})
-
-
-class XFrameOptionsMiddleware(HooksOnTheLoop, _XFrameOptionsMiddleware):
-    pass
