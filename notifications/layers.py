@@ -15,6 +15,18 @@ What this class adds to channels_redis.pubsub.RedisPubSubChannelLayer:
 - A socket's own channel is a queue in its process only (no SUBSCRIBE per socket): nothing here
   sends to another process's socket by name, only to groups, and the handshake costs one
   Redis round trip less. `send()` to such a channel delivers in the process.
+- A group message reaches this process's own members at once, from the sender's hands, not
+  after the round trip through Redis (PUBLISH, then this process's subscription reading it
+  back): on a push that round trip and the reader's wake-up were about 0.9 ms of the 2.5 ms from
+  commit to frame (bench, push_latency), and in a bulk each chunk's 1000 messages waited for the
+  pipeline to be sent and read back. It is still published, for the other processes' members;
+  the copy that comes back to this process is recognised by the origin mark it carries (a
+  random id per process and loop, at a fixed place of the serialized message) and dropped, and
+  receive() removes the mark, so consumers see the message as it was sent. Messages from other
+  processes are delivered when they arrive, as before: only a process's own messages skip the
+  queue, and the order of one process's messages is kept (a bulk's frames stay in seq order).
+  With Redis down the process's own members still get it; the send still fails (and is logged)
+  for the others. A serializer that encrypts hides the mark: then every message takes the trip.
 - When redis-py has given up on the subscription connection (after the host's `retry`), every
   socket of the process gets one `layer.lost` event (the consumer closes it with 1013, the
   client comes back and resumes), and one warning is logged instead of a traceback a second.
@@ -32,6 +44,9 @@ from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer,
 from channels_redis.utils import _wrap_close, decode_hosts
 
 logger = logging.getLogger(__name__)
+
+# The key of a group message's origin mark (see the module docstring); never seen by consumers.
+ORIGIN_KEY = "__origin__"
 
 
 class _Shard(RedisSingleShardConnection):
@@ -61,6 +76,12 @@ class _Shard(RedisSingleShardConnection):
             and not self._pubsub.connection.is_connected
         ):
             await asyncio.sleep(0.01)
+
+    def _receive_message(self, message):
+        # This process's own group messages were delivered here when they were sent.
+        if message is not None and self.channel_layer.is_own(message["data"]):
+            return
+        super()._receive_message(message)
 
     async def _do_receiving(self):
         failed = False
@@ -93,6 +114,41 @@ class _LoopLayer(RedisPubSubLoopLayer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._shards = [_Shard(shard.host, self) for shard in self._shards]
+        self.origin = uuid.uuid4().hex
+        # What follows a serialized message's map header when it starts with this origin's mark.
+        # Only where the serializer writes it as plain msgpack (no encryption, no random
+        # prefix): otherwise the echo could not be told apart, and messages take the round trip.
+        self._own_mark = self.channel_layer.serialize({ORIGIN_KEY: self.origin})[1:]
+        probe = self._marked({"type": "probe"})
+        self._local_first = self.is_own(probe) and self.channel_layer.deserialize(probe)[ORIGIN_KEY] == self.origin
+
+    def _marked(self, message: dict) -> bytes:
+        return self.channel_layer.serialize({ORIGIN_KEY: self.origin, **message})
+
+    def is_own(self, data: bytes) -> bool:
+        """Whether a message read from Redis was sent by this layer (and so delivered already)."""
+        # A msgpack map's header is 1 byte up to 15 keys, 3 bytes up to 65535.
+        return data.startswith(self._own_mark, 1) or data.startswith(self._own_mark, 3)
+
+    def _deliver_here(self, group_channel: str, data: bytes) -> None:
+        for channel in self.groups.get(group_channel, ()):
+            queue = self.channels.get(channel)
+            if queue is not None:
+                queue.put_nowait(data)
+
+    async def receive(self, channel):
+        message = await super().receive(channel)
+        message.pop(ORIGIN_KEY, None)
+        return message
+
+    async def group_send(self, group, message):
+        if not self._local_first:
+            await super().group_send(group, message)
+            return
+        group_channel = self._get_group_channel_name(group)
+        data = self._marked(message)
+        self._deliver_here(group_channel, data)
+        await self._get_shard(group_channel).publish(group_channel, data)
 
     async def new_channel(self, prefix="specific."):
         channel = f"{self.prefix}{prefix}{uuid.uuid4().hex}"
@@ -109,7 +165,12 @@ class _LoopLayer(RedisPubSubLoopLayer):
         by_shard: dict[_Shard, list[tuple[str, bytes]]] = {}
         for group, message in messages:
             channel = self._get_group_channel_name(group)
-            by_shard.setdefault(self._get_shard(channel), []).append((channel, self.channel_layer.serialize(message)))
+            if self._local_first:
+                data = self._marked(message)
+                self._deliver_here(channel, data)
+            else:
+                data = self.channel_layer.serialize(message)
+            by_shard.setdefault(self._get_shard(channel), []).append((channel, data))
         for shard, published in by_shard.items():
             await shard.publish_many(published)
 

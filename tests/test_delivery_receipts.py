@@ -102,6 +102,28 @@ async def test_a_push_made_by_the_server_records_pushed_then_the_ack_delivered_a
     assert shipped.created_at <= shipped.pushed_at <= shipped.delivered_at <= shipped.read_at
 
 
+@pytest.mark.django_db(transaction=True)
+async def test_push_receipts_are_written_shortly_after_the_pushes_in_one_batch(
+    shopper, close_worker_thread_connections
+):
+    """The writer's thread would take the GIL while the push's frame is still on its way (issue 8):
+    it waits WRITE_DELAY_S, gathering the receipts of pushes made meanwhile, and records each
+    push's own time."""
+    first = await Notification.objects.acreate(recipient=shopper, kind="order_shipped", title="1")
+    second = await Notification.objects.acreate(recipient=shopper, kind="order_shipped", title="2")
+    loop = asyncio.get_running_loop()
+
+    before = timezone.now()
+    await receipts.anote_pushed(first.pk, server_loop=loop)
+    await asyncio.sleep(0.1)
+    assert await Notification.objects.filter(pushed_at__isnull=False).acount() == 0, "written during the push"
+    await receipts.anote_pushed(second.pk, server_loop=loop)
+    first_row, second_row = await until_set(first.pk, "pushed_at"), await until_set(second.pk, "pushed_at")
+
+    assert before <= first_row.pushed_at < second_row.pushed_at
+    assert receipts.WRITE_DELAY_S <= 1, "a receipt is for the admin to read soon after"
+
+
 async def until_set(notification_id: int, field: str) -> Notification:
     """Read the row until `field` is set (3 s at most)."""
 
