@@ -49,6 +49,56 @@ def _pformat_when_debugging(value, *args, **kwargs):
 if "autobahn.websocket.protocol" in sys.modules:
     sys.modules["autobahn.websocket.protocol"].pformat = _pformat_when_debugging
 
+
+def send_websocket_data_at_once(send_data):
+    """Wrap autobahn's sendData() so a frame goes to the socket now, not on the next loop turn.
+
+    Twisted's transport.write() only buffers: it registers the socket for writing (an
+    epoll_ctl), the reactor sends on a later turn of the loop, then unregisters it (another).
+    Profiled during a bulk of 5000 notifications to 1000 sockets, that registering was a third
+    of the consumer's time per frame, and a single push's frame waited for the rest of the
+    loop's turn. Here a frame is sent at once when nothing is waiting before it on a plain TCP
+    socket of an open WebSocket; whatever the kernel does not take (a full buffer), a TLS
+    connection, a closing one and anything queued go through Twisted as before, in order.
+    autobahn sets TCP_NODELAY on these sockets, so each frame leaves without waiting.
+    """
+
+    def sendData(self, data, sync=False, chopsize=None):
+        transport = self.transport
+        if (
+            sync
+            or chopsize
+            or self.send_queue
+            or self.logOctets
+            or self.state != self.STATE_OPEN
+            or getattr(transport, "TLS", True)
+            or not getattr(transport, "connected", False)
+            or getattr(transport, "_writeDisconnected", True)
+            or getattr(transport, "dataBuffer", b"x")
+            or getattr(transport, "_tempDataBuffer", True)
+        ):
+            return send_data(self, data, sync, chopsize)
+        try:
+            sent = transport.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            # The connection is broken: Twisted's own write finds out and closes it as usual.
+            return send_data(self, data, sync, chopsize)
+        self.trafficStats.outgoingOctetsWireLevel += sent
+        if sent < len(data):
+            send_data(self, data[sent:], sync, chopsize)
+
+    sendData.sends_at_once = True
+    sendData.__wrapped__ = send_data
+    return sendData
+
+
+if "daphne.ws_protocol" in sys.modules:
+    _protocol = sys.modules["daphne.ws_protocol"].WebSocketProtocol
+    if not getattr(_protocol.sendData, "sends_at_once", False):
+        _protocol.sendData = send_websocket_data_at_once(_protocol.sendData)
+
 # Everything loaded so far lives as long as the process: move it out of the collector's
 # reach, so full GC passes (frequent with thousands of sockets) stop walking it.
 gc.freeze()
