@@ -116,7 +116,7 @@ def test_remembering_an_address_already_in_the_book_reuses_it_as_default(shopper
     assert services.default_address(user=shopper) == home
 
 
-def test_ordering_again_to_the_default_address_reads_it_once_and_writes_nothing(shopper, django_assert_num_queries):
+def test_ordering_again_to_the_default_address_reads_it_and_only_stamps_it(shopper, django_assert_num_queries):
     """Most checkouts of a returning shopper ship to their default: the paid checkout's response
     should not wait for a transaction that rewrites what is already true (issue 8: before, a
     lock, a read of the whole book and two UPDATEs per checkout).
@@ -125,12 +125,29 @@ def test_ordering_again_to_the_default_address_reads_it_once_and_writes_nothing(
     services.add_address(user=shopper, address=WORK)
     same_place = services.ShippingAddress(**{**HOME.__dict__, "line1": "12  RUE de la Paix"})
 
-    with django_assert_num_queries(1):
+    with django_assert_num_queries(2):  # The default read, and its "used now" stamp.
         remembered = services.remember_address(user=shopper, address=same_place)
 
     assert remembered == home
     assert services.default_address(user=shopper) == home
     assert Address.objects.filter(user=shopper).count() == 2
+
+
+def test_the_address_ordered_to_last_takes_over_when_the_default_is_deleted(shopper):
+    """Ordering again to the default counts as using it: deleting a newer default gives it back."""
+    home = services.add_address(user=shopper, address=HOME)
+    services.add_address(user=shopper, address=WORK)
+    services.remember_address(user=shopper, address=HOME)
+    office = services.remember_address(
+        user=shopper,
+        address=services.ShippingAddress(
+            full_name="Alice Martin", line1="3 Quai Rambaud", city="Lyon", postal_code="69002", country="FR"
+        ),
+    )
+
+    services.delete_address(user=shopper, address_id=office.pk)
+
+    assert services.default_address(user=shopper) == home
 
 
 def test_a_new_address_remembered_at_checkout_is_written_once_as_the_default(shopper):

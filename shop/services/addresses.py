@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, fields
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.utils import timezone
 
 from ..models import Address, Order
 from .errors import ShopError
@@ -148,9 +149,12 @@ def remember_address(*, user, address: ShippingAddress) -> Address:
     An entry already in the book (the same place, whatever the case or spacing) is reused.
     """
     key = _same_address_key(address)
-    # Most returning shoppers ship to their default again: one read, and nothing to write.
+    # Most returning shoppers ship to their default again: one read and its "used now" stamp
+    # (the most recently used address takes over when the default is deleted), no lock.
     current = default_address(user=user)
     if current is not None and _same_address_key(ShippingAddress.of(current)) == key:
+        current.updated_at = timezone.now()
+        Address.objects.filter(pk=current.pk).update(updated_at=current.updated_at)
         return current
     with transaction.atomic():
         _lock_address_book(user)
