@@ -2,7 +2,7 @@ import functools
 from collections.abc import Mapping
 
 from django.conf import settings
-from django.db import connections, models, transaction
+from django.db import connections, models, router, transaction
 from django.db.models import F, Q
 
 
@@ -22,11 +22,14 @@ class NotificationStreamManager(models.Manager):
         Lock each recipient's stream (in pk order, as every writer does), advance it by
         `counts[recipient]` and return recipient -> the first of the numbers claimed.
         """
-        if len(counts) == 1:
+        alias = self._db or router.db_for_write(self.model)
+        # UPDATE ... RETURNING, which the ORM cannot write: PostgreSQL, and SQLite since 3.35 (the
+        # release that brought RETURNING to INSERT too; Django 5.2 runs on 3.31).
+        if len(counts) == 1 and connections[alias].features.can_return_columns_from_insert:
             # One recipient (every notify()): the UPDATE alone locks the row and hands the
             # number back, one statement where a SELECT ... FOR UPDATE and an UPDATE took two.
             [(recipient_id, count)] = counts.items()
-            return {recipient_id: self._advance(recipient_id, count)}
+            return {recipient_id: self._advance(alias, recipient_id, count)}
         ids = sorted(counts)
         locked = self.select_for_update().order_by("pk")
         streams = {stream.pk: stream for stream in locked.filter(pk__in=ids)}
@@ -44,20 +47,19 @@ class NotificationStreamManager(models.Manager):
             self.filter(pk__in=recipient_ids).update(last_seq=F("last_seq") + count)
         return {stream.pk: stream.last_seq + 1 for stream in streams.values()}
 
-    def _advance(self, recipient_id: int, count: int) -> int:
+    def _advance(self, alias: str, recipient_id: int, count: int) -> int:
         """Advance one recipient's stream by `count` (locking its row); return the first number claimed."""
-        last = self._update_returning(recipient_id, count)
+        last = self._update_returning(alias, recipient_id, count)
         if last is None:
             # Their first notification: start the stream (a concurrent first writer's insert
             # wins, ours is a no-op), then advance it.
-            self.bulk_create([self.model(recipient_id=recipient_id)], ignore_conflicts=True)
-            last = self._update_returning(recipient_id, count)
+            self.db_manager(alias).bulk_create([self.model(recipient_id=recipient_id)], ignore_conflicts=True)
+            last = self._update_returning(alias, recipient_id, count)
         return last - count + 1
 
-    def _update_returning(self, recipient_id: int, count: int) -> int | None:
-        # UPDATE ... RETURNING (PostgreSQL, and SQLite since 3.35), which the ORM cannot write.
-        with connections[self.db].cursor() as cursor:
-            cursor.execute(_advance_sql(self.db), [count, recipient_id])
+    def _update_returning(self, alias: str, recipient_id: int, count: int) -> int | None:
+        with connections[alias].cursor() as cursor:
+            cursor.execute(_advance_sql(alias), [count, recipient_id])
             row = cursor.fetchone()
         return row[0] if row else None
 

@@ -125,6 +125,18 @@ def test_the_first_notification_of_a_user_starts_their_stream_at_one(shopper):
     assert NotificationStream.objects.last_seq(shopper.pk) == 2
 
 
+def test_a_database_without_update_returning_still_numbers_the_stream(shopper, monkeypatch):
+    """SQLite before 3.35 (Django 5.2 runs on 3.31) has no RETURNING: the lock-then-update path."""
+    if connection.vendor != "sqlite":
+        pytest.skip("an old SQLite's missing RETURNING, faked on SQLite (PostgreSQL's inserts need it)")
+    monkeypatch.setattr(connection.features, "can_return_columns_from_insert", False)
+    with CaptureQueriesContext(connection) as queries:
+        first, second = notify_shopper(shopper, title="One"), notify_shopper(shopper, title="Two")
+
+    assert (first.seq, second.seq) == (1, 2)
+    assert not [query["sql"] for query in queries.captured_queries if 'RETURNING "last_seq"' in query["sql"]]
+
+
 def test_notify_in_rolled_back_transaction_leaves_no_row_and_pushes_nothing(
     shopper, spy_layer, django_capture_on_commit_callbacks
 ):
