@@ -14,7 +14,8 @@ it). Django's security, CSRF and clickjacking middleware are left as they are: `
 check --deploy` finds them by name, and without those names it skips its HTTPS, HSTS, cookie
 and framing checks.
 
-Under WSGI (the test client, `manage.py runserver`) nothing changes: __call__ is Django's.
+Under WSGI (Django's sync test client) nothing changes: __call__ is Django's. `manage.py
+runserver` serves ASGI here (daphne is an installed app), so it runs these hooks on the loop too.
 """
 
 from asgiref.sync import sync_to_async

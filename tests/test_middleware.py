@@ -30,7 +30,7 @@ def thread_hops(monkeypatch):
     return hops
 
 
-async def test_a_page_hops_to_a_thread_only_for_what_may_touch_the_database(thread_hops):
+async def test_a_page_hops_to_a_thread_only_for_session_writes_and_djangos_checked_middleware(thread_hops):
     response = await AsyncClient().get("/")
 
     assert response.status_code == 200
