@@ -7,6 +7,12 @@ shoppers) costs a few queries. Pushes made outside a server (the task worker, a 
 have no loop that outlives them, and the push must not wait for a write: they are not
 recorded. With the in-memory layer such a push reaches nobody anyway; with Redis the
 browser's ack (`delivered_at`) still records the delivery that matters.
+
+Receipts not yet written (the pushes of the last WRITE_DELAY_S, 0.5 s, and any batch still
+queued or being written) are lost when daphne stops or restarts: nothing flushes them.
+`pushed_at` is only shown to staff, so that is accepted: the notification, its delivery and
+its ack and read receipts are unaffected; the admin shows it as not pushed, and "resend"
+pushes an undelivered one again.
 """
 
 import asyncio
