@@ -104,11 +104,19 @@ async def test_a_push_made_by_the_server_records_pushed_then_the_ack_delivered_a
 
 @pytest.mark.django_db(transaction=True)
 async def test_push_receipts_are_written_shortly_after_the_pushes_in_one_batch(
-    shopper, close_worker_thread_connections
+    shopper, close_worker_thread_connections, monkeypatch
 ):
     """The writer's thread would take the GIL while the push's frame is still on its way (issue 8):
     it waits WRITE_DELAY_S, gathering the receipts of pushes made meanwhile, and records each
     push's own time."""
+    writes = []
+    write_pushed = receipts.write_pushed
+
+    def spy(pushed):
+        writes.append(set(pushed))
+        return write_pushed(pushed)
+
+    monkeypatch.setattr(receipts, "write_pushed", spy)
     first = await Notification.objects.acreate(recipient=shopper, kind="order_shipped", title="1")
     second = await Notification.objects.acreate(recipient=shopper, kind="order_shipped", title="2")
     loop = asyncio.get_running_loop()
@@ -120,6 +128,7 @@ async def test_push_receipts_are_written_shortly_after_the_pushes_in_one_batch(
     await receipts.anote_pushed(second.pk, server_loop=loop)
     first_row, second_row = await until_set(first.pk, "pushed_at"), await until_set(second.pk, "pushed_at")
 
+    assert writes == [{first.pk, second.pk}], "one write for both pushes"
     assert before <= first_row.pushed_at < second_row.pushed_at
     assert receipts.WRITE_DELAY_S <= 1, "a receipt is for the admin to read soon after"
 
