@@ -18,7 +18,13 @@ What this class adds to channels_redis.pubsub.RedisPubSubChannelLayer:
   PUBLISH a group, a bulk of 5000 cost this process 60 ms of CPU to send through redis-py and
   about 110 ms more to read its own copies back (22 us each), on the loop that writes the
   frames. One process's messages still reach every other in the order it sent them: a
-  subscription connection gets its channels' messages in the order Redis took them.
+  subscription connection gets its channels' messages in the order Redis took them. The price:
+  every process with sockets reads every bulk (about 400 KB per 1000 notifications), its own
+  users' or not; and a process that falls behind by more than Redis's pub/sub output buffer
+  (client-output-buffer-limit pubsub, 32 MB by default: some 80,000 notifications) is
+  disconnected by Redis, and its sockets are closed with 4013 and come back to resume. During a
+  rolling deploy, processes still on the code before the bulk channel miss bulks: their sockets
+  see the gap at the next heartbeat and resume.
 - A socket's own channel is a queue in its process only (no SUBSCRIBE per socket): nothing here
   sends to another process's socket by name, only to groups, and the handshake costs one
   Redis round trip less. `send()` to such a channel delivers in the process.
@@ -31,16 +37,22 @@ What this class adds to channels_redis.pubsub.RedisPubSubChannelLayer:
   random id per process and loop, at a fixed place of the serialized message) and dropped, and
   receive() removes the mark, so consumers see the message as it was sent. Messages from other
   processes are delivered when they arrive, as before: only a process's own messages skip the
-  queue, and the order of one process's messages is kept (a bulk's frames stay in seq order).
+  queue, and the order of one event loop's messages is kept (a bulk's frames stay in seq
+  order). A push sent from another loop of the same process (a notify() outside the server's
+  loop, through async_to_sync) has a layer and an origin of its own and takes the trip through
+  Redis, so it may overtake or trail the server loop's own: the client orders frames by `seq`
+  and resumes over a gap (README: sequence and gap recovery).
   With Redis down the process's own members still get it; the send still fails (and is logged)
   for the others. A serializer that encrypts hides the mark: then every message takes the trip.
 - When redis-py has given up on the subscription connection (after the host's `retry`), every
   socket of the process gets one `layer.lost` event (the consumer closes it with 1013, the
   client comes back and resumes), and one warning is logged instead of a traceback a second.
-- A push waits (within the caller's timeout) until this process's subscription is back after a
-  Redis restart, so a process's own sockets miss nothing. A process whose subscription is
-  still reconnecting misses what others publish meanwhile (pub/sub keeps nothing); those sockets
-  see the gap at their next heartbeat and resume (README: sequence and gap recovery).
+- After a Redis restart a PUBLISH waits (within the caller's timeout) until this process's
+  subscription is back: the process's own members already have the message, and the wait makes
+  /readyz's probe, which travels as a push does, fail while the process cannot hear the others.
+  A process whose subscription is still reconnecting misses what others publish meanwhile
+  (pub/sub keeps nothing); those sockets see the gap at their next heartbeat and resume (README:
+  sequence and gap recovery).
 """
 
 import asyncio
@@ -144,6 +156,9 @@ class _LoopLayer(RedisPubSubLoopLayer):
 
     async def group_add(self, group, channel):
         if self._bulk:
+            # A member at once, before any round trip: this process's own pushes reach it from
+            # now on (they are delivered here, not read back from Redis).
+            self.groups.setdefault(self._get_group_channel_name(group), set()).add(channel)
             shard = self._shards[0]
             # Before the group's own SUBSCRIBE, on the same connection: a bulk sent once the
             # group's subscription is in place reaches this process.

@@ -262,6 +262,35 @@ async def test_a_group_message_reaches_this_processs_members_without_waiting_for
         await layer.close_pools()
 
 
+async def test_a_new_member_gets_this_processs_pushes_before_its_subscriptions_round_trip(monkeypatch):
+    """The process's own pushes are delivered in the process: a socket joining a group is a member
+    for them at once, not only once Redis has its SUBSCRIBEs (found in review: the first socket
+    of a process waited for the bulk channel's SUBSCRIBE before it was a member)."""
+    from notifications.layers import _Shard
+
+    released = asyncio.Event()
+    real_subscribe = _Shard.subscribe
+
+    async def held_subscribe(self, channel):
+        await released.wait()
+        await real_subscribe(self, channel)
+
+    monkeypatch.setattr(_Shard, "subscribe", held_subscribe)
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    joining = asyncio.ensure_future(layer.group_add("joining", channel))
+    try:
+        await asyncio.sleep(0.05)  # group_add is now waiting for Redis
+        assert not joining.done()
+        await layer.group_send("joining", {"type": "push.it", "n": 1})
+        released.set()
+        await joining
+        assert await asyncio.wait_for(layer.receive(channel), timeout=2) == {"type": "push.it", "n": 1}
+    finally:
+        released.set()
+        await layer.close_pools()
+
+
 async def test_own_group_messages_arrive_once_and_other_processes_messages_still_arrive():
     """Two layers stand for two processes: each one's own message is delivered here once (its copy
     read back from Redis is dropped), and each still reaches the other's members through Redis."""
