@@ -126,6 +126,38 @@ def test_a_broken_connection_is_left_to_twisted(connected_pair):
     assert protocol.buffered == [b"\x81\x05hello"]
 
 
+def test_twisteds_tcp_transport_has_what_the_send_reads():
+    """The send reads private attributes of Twisted's transport, with defaults that turn it off:
+    a rename in Twisted would only make every frame go the slow way. A real tcp.Server on an
+    accepted 127.0.0.1 connection, as daphne's: idle, it is sent on at once; once Twisted holds
+    data for it, it is not."""
+    from twisted.internet import protocol, tcp
+    from twisted.internet.testing import MemoryReactor
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = socket.create_connection(listener.getsockname(), timeout=1)
+        accepted, address = listener.accept()
+    reactor = MemoryReactor()  # Records what the transport registers; runs nothing.
+    transport = tcp.Server(accepted, protocol.Protocol(), address, None, 1, reactor)
+    try:
+        assert (transport.dataBuffer, transport._tempDataBuffer) == (b"", [])
+        assert (transport._writeDisconnected, transport.TLS, transport.connected) == (False, False, 1)
+        assert transport.socket is accepted
+
+        websocket = Protocol(transport)
+        send_data()(websocket, b"\x81\x05hello")
+        assert (peer.recv(100), websocket.buffered) == (b"\x81\x05hello", [])
+
+        transport.write(b"earlier")  # Twisted buffers it until the reactor finds the socket writable.
+        assert transport._tempDataBuffer == [b"earlier"]
+        send_data()(websocket, b"\x81\x02hi")
+        assert websocket.buffered == [b"\x81\x02hi"]
+    finally:
+        reactor.removeAll()
+        accepted.close()
+        peer.close()
+
+
 def test_daphnes_websocket_protocol_sends_at_once_once_the_app_is_loaded():
     """As daphne loads it: its protocol module first, then the application (wrapped once)."""
     probe = (
