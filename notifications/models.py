@@ -23,9 +23,7 @@ class NotificationStreamManager(models.Manager):
         `counts[recipient]` and return recipient -> the first of the numbers claimed.
         """
         alias = self._db or router.db_for_write(self.model)
-        # UPDATE ... RETURNING, which the ORM cannot write: PostgreSQL, and SQLite since 3.35 (the
-        # release that brought RETURNING to INSERT too; Django 5.2 runs on 3.31).
-        if len(counts) == 1 and connections[alias].features.can_return_columns_from_insert:
+        if len(counts) == 1 and _has_update_returning(alias):
             # One recipient (every notify()): the UPDATE alone locks the row and hands the
             # number back, one statement where a SELECT ... FOR UPDATE and an UPDATE took two.
             [(recipient_id, count)] = counts.items()
@@ -110,6 +108,12 @@ class NotificationQuerySet(models.QuerySet):
 
     def undelivered(self):
         return self.filter(delivered_at__isnull=True)
+
+
+def _has_update_returning(alias: str) -> bool:
+    """UPDATE ... RETURNING, which the ORM cannot write: PostgreSQL, and SQLite since 3.35 (the
+    release that brought RETURNING to INSERT too; Django 5.2 runs on 3.31)."""
+    return connections[alias].features.can_return_columns_from_insert
 
 
 @functools.cache
