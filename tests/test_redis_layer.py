@@ -291,6 +291,15 @@ async def test_a_new_member_gets_this_processs_pushes_before_its_subscriptions_r
         await layer.close_pools()
 
 
+async def received_numbers(layer, channel) -> list[int]:
+    """The `n` of every message the channel gets until half a second passes without one."""
+    numbers = []
+    with contextlib.suppress(asyncio.TimeoutError):
+        while True:
+            numbers.append((await asyncio.wait_for(layer.receive(channel), timeout=0.5))["n"])
+    return numbers
+
+
 async def test_own_group_messages_arrive_once_and_other_processes_messages_still_arrive():
     """Two layers stand for two processes: each one's own message is delivered here once (its copy
     read back from Redis is dropped), and each still reaches the other's members through Redis."""
@@ -306,15 +315,8 @@ async def test_own_group_messages_arrive_once_and_other_processes_messages_still
         await there.group_send("both", {"type": "push.it", "n": 2})
         await here.group_send_many([("both", {"type": "push.it", "n": 3}), ("both", {"type": "push.it", "n": 4})])
 
-        async def received(layer, channel) -> list[int]:
-            numbers = []
-            with contextlib.suppress(asyncio.TimeoutError):
-                while True:
-                    numbers.append((await asyncio.wait_for(layer.receive(channel), timeout=0.5))["n"])
-            return numbers
-
         # Each message once; each process's own in the order it sent them, the other's as they arrive.
-        got_here, got_there = await received(here, mine), await received(there, theirs)
+        got_here, got_there = await received_numbers(here, mine), await received_numbers(there, theirs)
         assert sorted(got_here) == [1, 2, 3, 4] and [n for n in got_here if n != 2] == [1, 3, 4]
         assert sorted(got_there) == [1, 2, 3, 4] and [n for n in got_there if n != 2] == [1, 3, 4]
     finally:
@@ -348,16 +350,9 @@ async def test_a_bulk_goes_to_other_processes_as_one_message_a_chunk_and_arrives
             + [("shopper.nobody", {"type": "push.it", "n": -1})]
         )
 
-        async def received(layer, channel) -> list[int]:
-            numbers = []
-            with contextlib.suppress(asyncio.TimeoutError):
-                while True:
-                    numbers.append((await asyncio.wait_for(layer.receive(channel), timeout=0.5))["n"])
-            return numbers
-
-        assert await received(here, mine) == list(range(0, count, 2))
-        assert await received(there, theirs) == list(range(1, count, 2))
-        assert await received(there, other) == []
+        assert await received_numbers(here, mine) == list(range(0, count, 2))
+        assert await received_numbers(there, theirs) == list(range(1, count, 2))
+        assert await received_numbers(there, other) == []
         [bulk] = published
         assert len(bulk) == 3 and set(bulk) == {here._get_layer().bulk_channel}
     finally:
