@@ -103,8 +103,8 @@ async def _in_turn(function, **kwargs):
     Each checkout's sync work runs in a thread of its own (one per request), and every
     running thread takes its share of the GIL: two hundred checkouts at once would leave a
     catalog page a two-hundredth of the CPU. Queued here instead, on the event loop, they
-    wait their turn holding nothing, not even a database connection. A turn covers one transaction, never the bank's answer,
-    so the bank waits of a whole wave still overlap.
+    wait their turn holding nothing, not even a database connection. A turn covers one
+    transaction, never the bank's answer, so the bank waits of a whole wave still overlap.
     """
     slots = _checkout_slots()
     if slots.locked():
